@@ -1,0 +1,321 @@
+"""The command line: parses arguments, makes one library call, renders, exits. Errors from
+the library (QueueError) become "Error: ..." on stderr and their exit code in one place
+(`QueuectlGroup.invoke`); usage errors are click's exit 2. Heavy modules (watchdog, psutil)
+are imported only by the commands that need them, so `enqueue` stays fast."""
+
+import logging
+import os
+import sys
+
+import click
+
+from . import render
+from .errors import QueueError
+from .home import Home
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class QueuectlGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except QueueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+_LOG_SETUP = []
+
+
+def _quiet_logging():
+    logging.getLogger("queuectl").handlers.clear()
+
+
+def _home(ctx):
+    home = ctx.find_object(Home)
+    if _LOG_SETUP and _LOG_SETUP[-1] is home:
+        _LOG_SETUP.pop()
+        home.configure_logging("cli")
+    return home
+
+
+def _echo_json(value):
+    click.echo(render.to_json(value))
+
+
+@click.group(cls=QueuectlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", "home_dir", type=click.Path(file_okay=False), envvar="QUEUECTL_HOME",
+              help="Queue home holding spool/ and data/ (default: $QUEUECTL_HOME, else the "
+                   "current directory).")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False),
+              envvar="QUEUECTL_SPOOL", help="Put the spool elsewhere (default: HOME/spool).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), envvar="QUEUECTL_DATA",
+              help="Put the index and logs elsewhere (default: HOME/data).")
+@click.version_option(package_name="queuectl")
+@click.pass_context
+def main(ctx, home_dir, spool_dir, data_dir):
+    """queuectl: a background job queue that keeps jobs as files.
+
+    Jobs are JSON files in a spool whose directories are their states
+    (pending, processing, failed, completed, dead, rejected). Workers run
+    them with retries and a dead letter queue.
+
+    \b
+    Example:
+      queuectl enqueue '{"command": "echo hello"}'
+      queuectl worker start --count 2
+      queuectl status
+    """
+    ctx.obj = Home(home_dir, spool_dir, data_dir)
+    ctx.call_on_close(ctx.obj.close)
+    logging.getLogger("queuectl").addHandler(logging.NullHandler())
+    if ctx.invoked_subcommand not in (None, "worker"):
+        ctx.call_on_close(_quiet_logging)
+        _LOG_SETUP.append(ctx.obj)
+
+
+# ---- enqueue --------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("job_json", required=False, metavar="[JSON | -]")
+@click.option("--file", "script", type=click.Path(dir_okay=False),
+              help="Run this script; its content is frozen into the job.")
+@click.option("--id", "job_id", help="Job id (default: generated, sortable by time).")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--run-at", help="Not before this ISO-8601 time (UTC unless it has an offset).")
+@click.option("--delay", help="Not before this long from now: 30s, 5m, 2h, 1d.")
+@click.option("--max-retries", type=click.IntRange(min=0),
+              help="Retries before the DLQ (default: config max_retries).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Kill the job after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON array.")
+@click.pass_context
+def enqueue(ctx, job_json, script, as_json, **overrides):
+    """Add jobs to the queue and print their ids.
+
+    JSON is one job object; '-' reads one object or JSON Lines (one job per
+    line) from stdin. Only "command" is required. Options fill or override
+    the JSON's fields. Nothing is written unless every job is valid.
+
+    \b
+    Examples:
+      queuectl enqueue '{"command": "sleep 2; echo done"}'
+      queuectl enqueue '{"id": "nightly", "command": "./backup.sh", "priority": 5}'
+      queuectl enqueue --file job.py --delay 10m
+      cat jobs.jsonl | queuectl enqueue -
+    """
+    from . import submit
+    home = _home(ctx)
+    if script and job_json:
+        raise click.UsageError("give either JSON or --file, not both")
+    if script:
+        docs = [submit.script_job(script)]
+    elif job_json == "-":
+        docs = submit.parse_submission(sys.stdin.buffer.read())
+    elif job_json is not None:
+        docs = submit.parse_submission(job_json.encode("utf-8", "surrogateescape"))
+    else:
+        raise click.UsageError("give a job as JSON, '-' for stdin, or --file SCRIPT")
+    ids = submit.enqueue(home, docs, overrides)
+    if as_json:
+        _echo_json(ids)
+    else:
+        click.echo("\n".join(ids))
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "dead",
+                             "rejected"])
+
+
+@main.command("list")
+@click.option("--state", type=STATE_CHOICE, help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def list_cmd(ctx, state, limit, as_json):
+    """List jobs: pending first in the order workers will take them
+    (priority, then run time), then the others newest first.
+
+    \b
+    Examples:
+      queuectl list --state pending --limit 20
+      queuectl list --state rejected      # bad drop-ins and why
+      queuectl list --json | jq '.[].id'
+    """
+    from .queries import list_jobs
+    rows = list_jobs(_home(ctx), state, limit)
+    if as_json:
+        _echo_json(rows)
+    elif rows:
+        click.echo(render.job_table(rows))
+    else:
+        click.echo(f"no {state + ' ' if state else ''}jobs")
+
+
+def _workers(home):
+    """Worker rows for status; the pool module imports psutil, so only when it exists."""
+    from . import pool
+    return pool.worker_rows(home)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def status(ctx, as_json):
+    """Show counts per state, the ready backlog and the workers.
+
+    \b
+    Example:
+      queuectl status
+      queuectl --home /srv/queue status --json
+    """
+    from .queries import status as status_report
+    home = _home(ctx)
+    report = status_report(home, _workers(home))
+    click.echo(render.to_json(report) if as_json else render.status_text(report))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def show(ctx, job_id, as_json):
+    """Show one job: its fields, state, file path and last error.
+
+    \b
+    Example:
+      queuectl show nightly
+    """
+    from .queries import show as show_job
+    info = show_job(_home(ctx), job_id)
+    click.echo(render.to_json(info) if as_json else render.show_text(info))
+
+
+# ---- dead letter queue ------------------------------------------------------------------------
+
+@main.group()
+def dlq():
+    """The dead letter queue: jobs whose retries ran out.
+
+    \b
+    Examples:
+      queuectl dlq list
+      queuectl dlq retry job-42
+      queuectl dlq retry --all
+    """
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def dlq_list(ctx, as_json):
+    """List dead jobs, newest first, with their last error."""
+    from .queries import list_jobs
+    rows = list_jobs(_home(ctx), "dead")
+    if as_json:
+        _echo_json(rows)
+    else:
+        click.echo(render.job_table(rows) if rows else "the dead letter queue is empty")
+
+
+def _report(outcomes, as_json):
+    if as_json:
+        _echo_json([o.as_dict() for o in outcomes])
+    elif outcomes:
+        click.echo(render.outcomes_text(outcomes))
+    if not all(o.ok for o in outcomes):
+        sys.exit(EXIT_ERROR)
+
+
+@dlq.command("retry")
+@click.argument("ids", nargs=-1, metavar="ID...")
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead job.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-id results as JSON.")
+@click.pass_context
+def dlq_retry(ctx, ids, retry_all, as_json):
+    """Move dead jobs back to pending with attempts reset. Reports per id;
+    exits 1 if any id was not in the DLQ."""
+    from .control import dlq_retry as retry
+    if bool(ids) == retry_all:
+        raise click.UsageError("give job ids or --all (not both)")
+    outcomes = retry(_home(ctx), None if retry_all else list(ids))
+    if retry_all and not outcomes and not as_json:
+        click.echo("the dead letter queue is empty")
+    _report(outcomes, as_json)
+
+
+# ---- config and maintenance ------------------------------------------------------------------
+
+@main.group()
+def config():
+    """Show and change settings (stored in data/queue.db).
+
+    \b
+    Examples:
+      queuectl config show
+      queuectl config set max_retries 5
+      queuectl config unset max_retries
+    """
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def config_show(ctx, as_json):
+    """Show every key, its value, and whether it is the default."""
+    rows = _home(ctx).settings.rows()
+    if as_json:
+        _echo_json({k: {"value": v, "default": d} for k, v, d, _ in rows})
+    else:
+        click.echo(render.config_text(rows))
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def config_set(ctx, key, value):
+    """Set KEY to VALUE (checked for type and range)."""
+    from .settings_store import set_value
+    shown = set_value(_home(ctx), key, value)
+    click.echo(f"{key} = {'none' if shown is None else shown}")
+
+
+@config.command("unset")
+@click.argument("key")
+@click.pass_context
+def config_unset(ctx, key):
+    """Restore KEY to its default."""
+    from .settings_store import unset_value
+    shown = unset_value(_home(ctx), key)
+    click.echo(f"{key} = {'none' if shown is None else shown} (default)")
+
+
+@main.command()
+@click.pass_context
+def reindex(ctx):
+    """Rebuild the index (data/queue.db) from the spool. Safe at any time,
+    also while workers run; the spool is never changed, except that bad
+    drop-ins are moved to rejected/.
+
+    \b
+    Example:
+      rm -rf data && queuectl reindex
+    """
+    from .ingest import reindex as rebuild
+    home = _home(ctx)
+    counts = rebuild(home)
+    total = sum(counts.values())
+    detail = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+    click.echo(f"reindexed {total} jobs from {home.spool_dir}" + (f" ({detail})" if detail else ""))
+
+
+if __name__ == "__main__":   # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

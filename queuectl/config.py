@@ -1,0 +1,118 @@
+"""Settings: the defaults table, parsing and range checks for every key. Pure: storage is the
+index's job; this module only says what a valid value is.
+
+Invariant: a Settings object only ever holds values that passed `parse_value`."""
+
+from dataclasses import dataclass
+
+from .errors import InvalidConfig
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: object
+    kind: str          # int, number, choice, optional_number, optional_path
+    minimum: float = None
+    exclusive_min: bool = False
+    help: str = ""
+
+
+KEYS = {k.name: k for k in (
+    Key("max_retries", 3, "int", 0, help="retries after the first attempt before the DLQ"),
+    Key("backoff_base", 2, "number", 1, help="retry delay = backoff_base ** attempts seconds"),
+    Key("backoff_max", 3600, "number", 0, help="cap on the retry delay, seconds"),
+    Key("log_level", "INFO", "choice", help="one of " + ", ".join(LOG_LEVELS)),
+    Key("worker_poll_interval", 1, "number", 0, True,
+        help="safety-net rescan of the spool, seconds (pickup itself is inotify)"),
+    Key("job_timeout", None, "optional_number", 0, True,
+        help="default per-job time limit in seconds, or none"),
+    Key("shutdown_timeout", 30, "number", 0, help="how long a stopping worker lets a job run"),
+    Key("settle_seconds", 2, "number", 0,
+        help="how long an unparsable drop-in must stay unchanged before it is rejected"),
+    Key("max_job_bytes", 1048576, "int", 2, help="largest job file accepted, bytes"),
+    Key("completed_retention", 604800, "optional_number", 0, True,
+        help="workers delete completed jobs older than this many seconds (none: keep)"),
+    Key("metrics_textfile", None, "optional_path",
+        help="file workers keep Prometheus metrics in (none: off)"),
+)}
+
+
+def _number(text, key):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise InvalidConfig(f"{key.name} must be a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidConfig(f"{key.name} must be a finite number, got {text!r}")
+    return value
+
+
+def _check_range(value, key):
+    if key.minimum is None:
+        return value
+    if key.exclusive_min and value <= key.minimum:
+        raise InvalidConfig(f"{key.name} must be greater than {key.minimum:g}, got {value!r}")
+    if value < key.minimum:
+        raise InvalidConfig(f"{key.name} must be at least {key.minimum:g}, got {value!r}")
+    return value
+
+
+def parse_value(name, text):
+    """Validate a value given as text (from the CLI) or as stored; returns the typed value."""
+    key = get_key(name)
+    if key.kind in ("optional_number", "optional_path") and \
+            (text is None or str(text).strip().lower() in ("none", "null", "")):
+        return None
+    if key.kind == "choice":
+        value = str(text).upper()
+        if value not in LOG_LEVELS:
+            raise InvalidConfig(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+        return value
+    if key.kind == "optional_path":
+        return str(text)
+    value = _number(text, key)
+    if key.kind == "int" and not isinstance(value, int):
+        raise InvalidConfig(f"{name} must be an integer, got {text!r}")
+    return _check_range(value, key)
+
+
+def get_key(name):
+    try:
+        return KEYS[name]
+    except KeyError:
+        raise InvalidConfig(f"unknown config key {name!r}; valid keys: "
+                            f"{', '.join(sorted(KEYS))}") from None
+
+
+class Settings:
+    """Every key's effective value; attribute access (settings.max_retries)."""
+
+    def __init__(self, stored=None):
+        self._stored = {}
+        for name, raw in (stored or {}).items():
+            if name in KEYS:
+                try:
+                    self._stored[name] = parse_value(name, raw)
+                except InvalidConfig:
+                    pass  # a hand-edited bad value falls back to the default
+        self._values = {name: self._stored.get(name, key.default) for name, key in KEYS.items()}
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def rows(self):
+        """(key, value, is_default, help) for every key, sorted."""
+        return [(name, self._values[name], name not in self._stored, KEYS[name].help)
+                for name in sorted(KEYS)]

@@ -1,0 +1,128 @@
+"""The spool's system calls, in one place, so that tests can break them.
+
+Every file operation that moves or persists a job (open, write, fsync, link, rename, unlink,
+flock) goes through here. A test-only fault hook, set from the QUEUECTL_FAULT environment
+variable or `set_hook`, sees each call first and may end the process (a crash at step k) or
+raise an OSError (ENOSPC, EIO) there. Without a hook the cost is one `is None` check.
+
+QUEUECTL_FAULT syntax: `exit@K` (os._exit(137) before the K-th call), `ERRNO@OP` (raise
+errno ERRNO on every OP call, e.g. ENOSPC@write), `ERRNO@OP#N` (only on the N-th OP call),
+and QUEUECTL_FAULT_LOG=PATH appends "op path" per call (the power-loss model's recording)."""
+
+import ctypes
+import errno
+import fcntl
+import os
+
+_hook = None
+_libc = None
+RENAME_NOREPLACE = 1
+AT_FDCWD = -100
+
+
+def set_hook(hook):
+    """hook(op, path) is called before each operation; None removes it."""
+    global _hook
+    _hook = hook
+
+
+def _hook_from_env(spec, log_path):
+    counts = {"all": 0}
+    rules = [rule.strip() for rule in spec.split(",") if rule.strip()]
+    log = open(log_path, "a", buffering=1) if log_path else None
+
+    def hook(op, path):
+        counts["all"] += 1
+        counts[op] = counts.get(op, 0) + 1
+        if log:
+            log.write(f"{op} {path}\n")
+        for rule in rules:
+            what, _, where = rule.partition("@")
+            target, _, nth = where.partition("#")
+            if what == "exit" and counts["all"] == int(target):
+                os._exit(137)
+            if what != "exit" and op == target and (not nth or counts[op] == int(nth)):
+                code = getattr(errno, what)
+                raise OSError(code, os.strerror(code), path)
+    return hook
+
+
+if os.environ.get("QUEUECTL_FAULT") or os.environ.get("QUEUECTL_FAULT_LOG"):
+    _hook = _hook_from_env(os.environ.get("QUEUECTL_FAULT", ""),
+                           os.environ.get("QUEUECTL_FAULT_LOG"))
+
+
+def _check(op, path):
+    if _hook is not None:
+        _hook(op, str(path))
+
+
+def open_(path, flags, mode=0o600):
+    _check("open", path)
+    return os.open(path, flags | os.O_CLOEXEC, mode)
+
+
+def write_all(fd, data, path=""):
+    _check("write", path)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fsync(fd, path=""):
+    """fsync a file. An error here is never retried on the same fd: the kernel may have
+    dropped the dirty pages, so a retry could report success for data that is gone."""
+    _check("fsync", path)
+    os.fsync(fd)
+
+
+def fsync_dir(path):
+    _check("fsyncdir", path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link(src, dst):
+    """Hard link that fails with FileExistsError instead of replacing dst."""
+    _check("link", dst)
+    os.link(src, dst, follow_symlinks=False)
+
+
+def _renameat2():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(_libc, "renameat2", None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+        _libc.queuectl_renameat2 = fn
+    return _libc.queuectl_renameat2
+
+
+def rename_noreplace(src, dst):
+    """Atomic move that never overwrites: FileExistsError if dst exists. Uses renameat2
+    where the kernel has it, else link + unlink (same guarantee, two steps)."""
+    _check("rename", dst)
+    fn = _renameat2()
+    if fn is not None:
+        if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), str(src), None, str(dst))
+    os.link(src, dst, follow_symlinks=False)
+    os.unlink(src)
+
+
+def unlink(path):
+    _check("unlink", path)
+    os.unlink(path)
+
+
+def flock(fd, operation, path=""):
+    _check("flock", path)
+    fcntl.flock(fd, operation)

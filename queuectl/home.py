@@ -1,0 +1,85 @@
+"""A queue home: where its spool and data live, plus the spool, index and settings objects
+bound to them. Everything above the adapters takes a Home rather than loose paths.
+
+The home is --home, else $QUEUECTL_HOME, else the current directory; spool/ and data/ sit in
+it unless --spool/--data (or $QUEUECTL_SPOOL/$QUEUECTL_DATA) place them apart. Nothing is
+created until the first write."""
+
+import logging
+import os
+import time
+
+from .config import Settings
+from .index import Index
+from .spool import Spool
+
+log = logging.getLogger("queuectl")
+
+
+def resolve(home=None, spool=None, data=None, environ=None):
+    """(home, spool_dir, data_dir) as absolute paths, by the precedence above."""
+    env = os.environ if environ is None else environ
+    home = os.path.abspath(home or env.get("QUEUECTL_HOME") or os.getcwd())
+    spool = os.path.abspath(spool or env.get("QUEUECTL_SPOOL") or os.path.join(home, "spool"))
+    data = os.path.abspath(data or env.get("QUEUECTL_DATA") or os.path.join(home, "data"))
+    return home, spool, data
+
+
+class Home:
+    def __init__(self, home=None, spool=None, data=None, clock=time.time):
+        self.home, self.spool_dir, self.data_dir = resolve(home, spool, data)
+        self.clock = clock
+        self.index = Index(os.path.join(self.data_dir, "queue.db"))
+        self.spool = Spool(self.spool_dir)
+        self._settings = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            self._settings = Settings(self.index.config())
+            self.spool.max_job_bytes = self._settings.max_job_bytes
+        return self._settings
+
+    def reload_settings(self):
+        self._settings = None
+        return self.settings
+
+    def path(self, *parts):
+        return os.path.join(self.data_dir, *parts)
+
+    def index_safely(self, what, fn, *args):
+        """Run an index update after a spool move. The spool is the truth: a failing index
+        must never undo or block a move, so the error is logged and the next ingest or
+        reindex repairs the row."""
+        try:
+            return fn(*args)
+        except Exception as exc:     # any sqlite error, a full disk, a locked database
+            log.warning("index update failed after %s: %s (the spool is unchanged; "
+                        "run 'queuectl reindex' if it persists)", what, exc)
+            return None
+
+    def configure_logging(self, name="queuectl"):
+        """Send this process's log lines to data/logs/queuectl.log (rotating), at the
+        configured level, with host and pid on every line. Never prints."""
+        from logging.handlers import RotatingFileHandler
+        logger = logging.getLogger("queuectl")
+        logger.propagate = False
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        try:
+            os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
+            handler = RotatingFileHandler(self.path("logs", "queuectl.log"), maxBytes=10 << 20,
+                                          backupCount=5, delay=True)
+        except OSError:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {name}[{os.getpid()}] %(message)s"))
+        logger.addHandler(handler)
+        try:
+            logger.setLevel(self.settings.log_level)
+        except Exception:     # an unreadable index must not stop logging
+            logger.setLevel(logging.INFO)
+        return logger
+
+    def close(self):
+        self.index.close()

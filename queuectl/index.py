@@ -1,0 +1,272 @@
+"""The index: SQLite (WAL) holding a row per job, rejected drop-ins, config, worker
+heartbeats and metrics. It is derived data: the spool wins on every disagreement, and the
+whole job part can be dropped and rebuilt from the spool (`reindex`).
+
+Invariants: schema creation is serialised by a filelock beside the database; every write is
+one short transaction; a database that SQLite cannot read is moved aside and recreated (the
+caller then rescans the spool). Only this module imports sqlite3."""
+
+import json
+import os
+import sqlite3
+import time
+
+SCHEMA_VERSION = 1
+JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
+               "updated_at", "finished_at", "attempts", "max_retries", "timeout",
+               "exit_code", "last_error", "duration_s")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, state TEXT NOT NULL, command TEXT, priority INTEGER NOT NULL DEFAULT 0,
+  run_at TEXT, due_ts REAL NOT NULL DEFAULT 0, created_at TEXT, updated_at TEXT,
+  finished_at TEXT, attempts INTEGER NOT NULL DEFAULT 0, max_retries INTEGER, timeout REAL,
+  exit_code INTEGER, last_error TEXT, duration_s REAL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_take_order ON jobs(state, priority DESC, due_ts, id);
+CREATE INDEX IF NOT EXISTS jobs_recent ON jobs(state, updated_at DESC);
+CREATE TABLE IF NOT EXISTS rejected (
+  name TEXT PRIMARY KEY, reason TEXT, rejected_at TEXT, size INTEGER);
+CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS looks (dir TEXT PRIMARY KEY, mtime_ns INTEGER, look_ns INTEGER);
+CREATE TABLE IF NOT EXISTS workers (
+  worker_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, started_at REAL, heartbeat_at REAL,
+  current_job TEXT, jobs_done INTEGER DEFAULT 0, jobs_failed INTEGER DEFAULT 0,
+  cpu_percent REAL, rss_bytes INTEGER, supervisor TEXT, state TEXT);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS timings (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, finished_ts REAL NOT NULL, outcome TEXT NOT NULL,
+  wait_s REAL, run_s REAL);
+CREATE INDEX IF NOT EXISTS timings_by_time ON timings(finished_ts);
+"""
+TIMINGS_KEPT = 20000
+
+
+def job_row(job, state, due_ts):
+    """The index row for a job dict in a state."""
+    values = dict(job, state=state, due_ts=due_ts)
+    values.setdefault("priority", 0)
+    values.setdefault("attempts", 0)
+    return tuple(values.get(name) for name in JOB_COLUMNS)
+
+
+class Index:
+    def __init__(self, path):
+        self.path = path
+        self._db = None
+
+    # ---- connection ---------------------------------------------------------------------
+    @property
+    def db(self):
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _open(self):
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError:
+            self._move_aside()
+            return self._connect()
+
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=60000")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._create_schema(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("SELECT count(*) FROM config").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _create_schema(self, db):
+        from filelock import FileLock    # only needed once per database
+        with FileLock(self.path + ".lock"):
+            if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _move_aside(self):
+        """A database SQLite can't read is kept for inspection and replaced by a new one;
+        the looks table starts empty, so the next ingest rescans the whole spool."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.path + suffix, f"{self.path}.corrupt-{stamp}{suffix}")
+            except FileNotFoundError:
+                pass
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def upsert(self, rows):
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        updates = ",".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:])
+        self.db.executemany(f"INSERT INTO jobs VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET "
+                            f"{updates}", rows)
+
+    def insert_new(self, rows):
+        """Insert rows for ids not yet indexed; existing rows (fresher) are left alone."""
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        self.db.executemany(f"INSERT OR IGNORE INTO jobs VALUES ({marks})", rows)
+
+    def move_if(self, job_id, expected_state, new_row):
+        """Replace a row only if it still says expected_state: a fix from a directory scan
+        must not undo a worker's newer update made after the scan looked."""
+        marks = ",".join(f"{c}=?" for c in JOB_COLUMNS[1:])
+        self.db.execute(f"UPDATE jobs SET {marks} WHERE id=? AND state=?",
+                        (*new_row[1:], job_id, expected_state))
+
+    def delete_if(self, job_id, expected_state):
+        self.db.execute("DELETE FROM jobs WHERE id=? AND state=?", (job_id, expected_state))
+
+    def ids_in(self, state):
+        return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state=?", (state,))}
+
+    def get(self, job_id):
+        cur = self.db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE id=?", (job_id,))
+        row = cur.fetchone()
+        return dict(zip(JOB_COLUMNS, row)) if row else None
+
+    def counts(self):
+        return dict(self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"))
+
+    def ready_summary(self, now):
+        """(ready count, scheduled count, oldest due_ts among ready) for pending/."""
+        ready, oldest = self.db.execute(
+            "SELECT count(*), min(due_ts) FROM jobs WHERE state='pending' AND due_ts<=?",
+            (now,)).fetchone()
+        scheduled = self.db.execute(
+            "SELECT count(*) FROM jobs WHERE state='pending' AND due_ts>?", (now,)).fetchone()[0]
+        return ready, scheduled, oldest
+
+    def ready_due_times(self, now):
+        return [r[0] for r in self.db.execute(
+            "SELECT due_ts FROM jobs WHERE state='pending' AND due_ts<=?", (now,))]
+
+    def list(self, state=None, limit=None):
+        """Rows in take order for pending (priority, then due time), newest first for the
+        rest; all states: pending first, then the others by recency."""
+        cols = ",".join(JOB_COLUMNS)
+        lim = -1 if limit is None else int(limit)
+        if state == "pending":
+            sql = (f"SELECT {cols} FROM jobs WHERE state='pending' "
+                   "ORDER BY priority DESC, due_ts, id LIMIT ?")
+            args = (lim,)
+        elif state:
+            sql = (f"SELECT {cols} FROM jobs WHERE state=? "
+                   "ORDER BY updated_at DESC, id DESC LIMIT ?")
+            args = (state, lim)
+        else:
+            sql = (f"SELECT {cols} FROM jobs ORDER BY state='pending' DESC, "
+                   "CASE WHEN state='pending' THEN -priority END, "
+                   "CASE WHEN state='pending' THEN due_ts END, "
+                   "CASE WHEN state='pending' THEN id END, updated_at DESC, id DESC LIMIT ?")
+            args = (lim,)
+        return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, args)]
+
+    def clear_jobs(self):
+        self.db.execute("DELETE FROM jobs")
+        self.db.execute("DELETE FROM rejected")
+        self.db.execute("DELETE FROM looks")
+
+    # ---- rejected -----------------------------------------------------------------------
+    def upsert_rejected(self, rows):
+        self.db.executemany("INSERT OR REPLACE INTO rejected VALUES (?,?,?,?)", rows)
+
+    def rejected(self, name=None, limit=None):
+        cols = ("name", "reason", "rejected_at", "size")
+        if name is not None:
+            rows = self.db.execute("SELECT * FROM rejected WHERE name=?", (name,))
+        else:
+            rows = self.db.execute("SELECT * FROM rejected ORDER BY rejected_at DESC LIMIT ?",
+                                   (-1 if limit is None else int(limit),))
+        return [dict(zip(cols, r)) for r in rows]
+
+    def rejected_names(self):
+        return {r[0] for r in self.db.execute("SELECT name FROM rejected")}
+
+    def delete_rejected(self, name):
+        self.db.execute("DELETE FROM rejected WHERE name=?", (name,))
+
+    def rejected_count(self):
+        return self.db.execute("SELECT count(*) FROM rejected").fetchone()[0]
+
+    # ---- directory looks (what ingest has already seen) -----------------------------------
+    def looks(self):
+        return {d: (m, t) for d, m, t in self.db.execute("SELECT * FROM looks")}
+
+    def set_look(self, directory, mtime_ns, look_ns):
+        self.db.execute("INSERT OR REPLACE INTO looks VALUES (?,?,?)",
+                        (directory, mtime_ns, look_ns))
+
+    # ---- config -------------------------------------------------------------------------
+    def config(self):
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM config")}
+
+    def set_config(self, key, value):
+        self.db.execute("INSERT OR REPLACE INTO config VALUES (?,?)", (key, json.dumps(value)))
+
+    def unset_config(self, key):
+        self.db.execute("DELETE FROM config WHERE key=?", (key,))
+
+    # ---- workers and metrics --------------------------------------------------------------
+    WORKER_COLUMNS = ("worker_id", "host", "pid", "started_at", "heartbeat_at", "current_job",
+                      "jobs_done", "jobs_failed", "cpu_percent", "rss_bytes", "supervisor",
+                      "state")
+
+    def heartbeat(self, record):
+        cols = self.WORKER_COLUMNS
+        self.db.execute(f"INSERT OR REPLACE INTO workers ({','.join(cols)}) VALUES "
+                        f"({','.join('?' * len(cols))})", tuple(record.get(c) for c in cols))
+
+    def workers(self):
+        cols = self.WORKER_COLUMNS
+        return [dict(zip(cols, r)) for r in self.db.execute(
+            f"SELECT {','.join(cols)} FROM workers ORDER BY started_at")]
+
+    def delete_worker(self, worker_id):
+        self.db.execute("DELETE FROM workers WHERE worker_id=?", (worker_id,))
+
+    def record_outcome(self, outcome, finished_ts, wait_s, run_s):
+        with self.transaction():
+            self.db.execute("INSERT INTO counters VALUES (?,1) ON CONFLICT(name) DO UPDATE "
+                            "SET value=value+1", (outcome,))
+            self.db.execute("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "
+                            "VALUES (?,?,?,?)", (finished_ts, outcome, wait_s, run_s))
+            self.db.execute("DELETE FROM timings WHERE seq <= "
+                            "(SELECT max(seq) FROM timings) - ?", (TIMINGS_KEPT,))
+
+    def counters(self):
+        return dict(self.db.execute("SELECT name, value FROM counters"))
+
+    def timings(self, since_ts):
+        return self.db.execute("SELECT finished_ts, outcome, wait_s, run_s FROM timings "
+                               "WHERE finished_ts>=? ORDER BY finished_ts", (since_ts,)).fetchall()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the writer lock is taken up front
+    so two writers never deadlock upgrading read locks)."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,176 @@
+"""Ingest: bring the index in line with the spool. `examine` decides what one file is (a
+job, not yet settled, or to be rejected); `ingest` rescans the directories changed since the
+last look; `reindex` rebuilds everything from a full scan.
+
+Why mtimes: a directory whose mtime is unchanged since the last look holds the same names, so
+`status` stays fast at 100,000 jobs. Timestamps are coarse, so a directory modified within
+RACY_SECONDS before the last look is rescanned anyway (git's racy-index rule).
+Races with workers: fixes from a scan are compare-and-set on the row's old state, so a
+worker's newer update (always made after its move) is never undone."""
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import job as jobmod
+from . import lifecycle
+from .errors import InvalidJob
+from .index import job_row
+from .spool import JOB_STATES, NotAJobFile, display_name
+
+RACY_SECONDS = 3
+
+
+@dataclass
+class Verdict:
+    doc: dict = None          # the completed job, when it is one
+    reason: str = None        # why it is not a job
+    unsettled: bool = False   # may still be being written: look again later
+    gone: bool = False        # vanished while we looked (moved by someone else)
+    st: os.stat_result = None
+
+
+def examine(home, state, name, now):
+    """Read and validate <state>/<name> without moving it."""
+    stem = name[:-len(jobmod.JOB_SUFFIX)]
+    try:
+        jobmod.check_id(stem, "file name")
+    except InvalidJob as exc:
+        return Verdict(reason=f"{display_name(name)}: {exc}")
+    try:
+        data, st = home.spool.read(state, name)
+    except NotAJobFile as exc:
+        return Verdict(reason=exc.reason, gone=exc.gone)
+    try:
+        doc = jobmod.validate(jobmod.loads_object(data), stem=stem)
+    except InvalidJob as exc:
+        settle = home.settings.settle_seconds
+        return Verdict(reason=str(exc), st=st, unsettled=now - st.st_mtime < settle)
+    defaults = {"max_retries": home.settings.max_retries, "created_at": jobmod.iso(st.st_mtime)}
+    return Verdict(doc=jobmod.complete(doc, defaults, now), st=st)
+
+
+def settle_deadline(verdict, home):
+    return verdict.st.st_mtime + home.settings.settle_seconds if verdict.st else 0
+
+
+def handle_bad(home, state, name, verdict, now):
+    """Reject a file that is not a job (unless it may still be being written or sits in
+    processing/, which is recovery's). Returns True if the file is settled."""
+    if verdict.gone:
+        return True
+    if verdict.unsettled:
+        return False
+    if state == "processing":
+        return True
+    size = verdict.st.st_size if verdict.st else None
+    lifecycle.reject(home, state, name, verdict.reason, size, now)
+    return True
+
+
+def _row(verdict, state):
+    return job_row(verdict.doc, state, lifecycle._due(verdict.doc))
+
+
+def _duplicate_of(home, job_id, state):
+    """Another state holding this id, when that makes the file in `state` a duplicate drop.
+    processing/ does not count for pending/: that pair is a requeue's normal crash leftover."""
+    for other in home.spool.find(job_id):
+        if other != state and not (other == "processing" and state == "pending"):
+            return other
+    return None
+
+
+def _sync_state(home, state, now):
+    """Diff one directory against the index. Returns False if some file must be looked at
+    again later (still being written)."""
+    index, spool = home.index, home.spool
+    indexed = index.ids_in(state)
+    names = spool.names(state)
+    stems = set()
+    inserts, settled = [], True
+    for name in names:
+        stem = name[:-len(jobmod.JOB_SUFFIX)]
+        stems.add(stem)
+        if stem in indexed:
+            continue
+        verdict = examine(home, state, name, now)
+        if verdict.doc is None:
+            settled &= handle_bad(home, state, name, verdict, now)
+            continue
+        dup = _duplicate_of(home, stem, state) if state == "pending" else None
+        if dup:
+            lifecycle.reject(home, state, name, f"duplicate id: {stem!r} is already in {dup}/",
+                             verdict.st.st_size, now)
+            continue
+        old = index.get(stem)
+        if old is None:
+            inserts.append(_row(verdict, state))
+        elif state not in spool.find(stem) or old["state"] in spool.find(stem):
+            continue     # it moved on while we looked, or the old state holds it too
+        else:
+            index.move_if(stem, old["state"], _row(verdict, state))
+    if inserts:
+        with index.transaction():
+            index.insert_new(inserts)
+    for stem in indexed - stems:
+        _resettle(home, stem, state, now)
+    return settled
+
+
+def _resettle(home, job_id, stale_state, now):
+    """An indexed job no longer in stale_state: point its row where the file is now, or drop
+    the row if the file is gone from the whole spool."""
+    where = home.spool.find(job_id)
+    if not where:
+        home.index.delete_if(job_id, stale_state)
+        return
+    verdict = examine(home, where[0], job_id + jobmod.JOB_SUFFIX, now)
+    if verdict.doc is not None:
+        home.index.move_if(job_id, stale_state, _row(verdict, where[0]))
+
+
+def _sync_rejected(home):
+    index, spool = home.index, home.spool
+    on_disk = {display_name(n): n for n in spool.rejected_names()}
+    indexed = index.rejected_names()
+    rows = []
+    for shown, name in on_disk.items():
+        if shown not in indexed:
+            st = spool.lstat("rejected", name)
+            rows.append((shown, spool.reject_reason(name) or "rejected (no reason recorded)",
+                         jobmod.iso(st.st_mtime if st else 0), st.st_size if st else None))
+    if rows:
+        index.upsert_rejected(rows)
+    for shown in indexed - set(on_disk):
+        index.delete_rejected(shown)
+    return True
+
+
+def ingest(home, now=None):
+    """Index whatever changed in the spool since the last look (drop-ins, crashes, manual
+    moves), rejecting bad drop-ins. Cheap when nothing changed."""
+    if not home.spool.exists():
+        return
+    now = home.clock() if now is None else now
+    looks = home.index.looks()
+    look_ns = time.time_ns()
+    for state, mtime in home.spool.state_mtimes().items():
+        previous = looks.get(state)
+        if previous and previous[0] == mtime and previous[1] - mtime > RACY_SECONDS * 1e9:
+            continue
+        done = _sync_rejected(home) if state == "rejected" else _sync_state(home, state, now)
+        if done:
+            home.index.set_look(state, mtime, look_ns)
+
+
+def reindex(home, now=None):
+    """Rebuild the job part of the index from a full scan of the spool; returns counts."""
+    from filelock import FileLock
+    now = home.clock() if now is None else now
+    home.spool.ensure_layout()
+    with FileLock(home.path("reindex.lock")):
+        with home.index.transaction():
+            home.index.clear_jobs()
+        ingest(home, now)
+    return home.index.counts()

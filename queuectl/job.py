@@ -1,0 +1,289 @@
+"""The job record: strict JSON parsing, field validation, ids, timestamps and the retry
+formula. Pure: no I/O, no clock reads except through the `now` arguments callers pass.
+
+Invariants: a validated job is a dict whose known fields have the types in FIELDS, whose
+`id` matches ID_RE, and which carries every unknown key exactly as it was given. Failures
+raise InvalidJob listing every problem found, each naming the field and the bad value."""
+
+import json
+import math
+import re
+import secrets
+from datetime import datetime, timezone
+
+from .errors import InvalidJob
+
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+JOB_SUFFIX = ".json"
+
+# Fields the queue understands; anything else is kept verbatim and ignored.
+INT_FIELDS = ("priority", "max_retries", "attempts")
+TIME_FIELDS = ("run_at", "created_at", "updated_at", "finished_at")
+KNOWN_FIELDS = ("id", "command", "cwd", "timeout", "exit_code", "last_error", "duration_s",
+                *INT_FIELDS, *TIME_FIELDS)
+# A `state` key in a dropped file is ignored: the directory is the state.
+IGNORED_FIELDS = ("state",)
+PRIORITY_LIMIT = 2**31
+MAX_RETRIES_LIMIT = 1000
+
+
+# ---- time -------------------------------------------------------------------------------
+
+def iso(ts):
+    """Epoch seconds -> ISO-8601 UTC with microseconds, fixed width so strings sort."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text):
+    """ISO-8601 -> epoch seconds; a time without an offset is taken as UTC."""
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(text):
+    """'90', '90s', '5m', '2h', '7d' -> seconds (float). Raises ValueError with a hint."""
+    match = _DURATION_RE.match(str(text).strip())
+    if not match:
+        raise ValueError(f"duration must look like 30s, 5m, 2h or 7d, got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def new_id(now):
+    """A generated id: UTC time to the microsecond (so ids sort by creation) plus 40 random
+    bits, unique across hosts and processes without coordination."""
+    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+    return f"{stamp}-{secrets.token_hex(5)}"
+
+
+def retry_delay(attempts, backoff_base, backoff_max):
+    """Seconds to wait before the next attempt after `attempts` attempts have failed."""
+    try:
+        delay = float(backoff_base) ** attempts
+    except OverflowError:
+        delay = math.inf
+    return min(delay, float(backoff_max))
+
+
+def is_exhausted(job):
+    """True once the attempts made exceed max_retries: max_retries 3 means 4 runs."""
+    return job["attempts"] > job["max_retries"]
+
+
+# ---- strict JSON --------------------------------------------------------------------------
+
+def _no_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]!r} is out of range")
+    return value
+
+
+def _bounded_int(text):
+    if len(text) > 300:
+        raise ValueError(f"a number has {len(text)} digits (at most 300 are allowed)")
+    return int(text)
+
+
+def _find_surrogate(value, depth=0):
+    """Path of the first string holding a lone surrogate (not encodable as UTF-8)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _find_surrogate(key) or _find_surrogate(item, depth + 1):
+            return f"key {key!r}" if isinstance(key, str) else f"item {key}"
+    return None
+
+
+def loads_object(data):
+    """Bytes -> dict, stricter than json.loads: UTF-8 only (no BOM), no NaN/Infinity, no
+    duplicate keys, an object at top level, no lone surrogates. Hostile nesting and huge
+    numbers surface as RecursionError/ValueError inside json; both become InvalidJob."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise InvalidJob("file starts with a UTF-8 byte order mark; write plain UTF-8")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InvalidJob("file is UTF-16; jobs must be UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob(f"not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise InvalidJob("empty file: expected a JSON object")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                           parse_constant=_no_constants, parse_float=_finite_float,
+                           parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise InvalidJob(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+            from None
+    except RecursionError:
+        raise InvalidJob("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidJob(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidJob(f"a job must be a JSON object, got {_json_type(value)}")
+    try:
+        where = _find_surrogate(value)
+    except RecursionError:
+        raise InvalidJob("invalid JSON: nested too deeply") from None
+    if where:
+        raise InvalidJob(f"{where} holds a lone surrogate, which is not valid Unicode")
+    return value
+
+
+def dumps(job):
+    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order."""
+    return (json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _json_type(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), "a value")
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _check_int(job, name, low, high, problems):
+    value = job.get(name)
+    if value is None:
+        return
+    if not _is_int(value):
+        problems.append(f"{name} must be an integer, got {value!r}")
+    elif not low <= value <= high:
+        problems.append(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _check_time(job, name, problems):
+    value = job.get(name)
+    if value is None:
+        return
+    try:
+        job[name] = iso(parse_time(value))
+    except (ValueError, TypeError, OverflowError, OSError):
+        problems.append(f"{name} must be an ISO-8601 time like 2026-01-31T12:00:00Z, "
+                        f"got {value!r}")
+
+
+def _check_command(job, problems):
+    command = job.get("command")
+    if command is None:
+        problems.append("command is required (the shell command to run)")
+    elif not isinstance(command, str):
+        problems.append(f"command must be a string, got {_json_type(command)}")
+    elif not command.strip():
+        problems.append("command must not be empty")
+    elif "\x00" in command:
+        problems.append("command must not contain NUL characters")
+
+
+def _check_optional(job, problems):
+    timeout = job.get("timeout")
+    if timeout is not None and not (_is_number(timeout) and timeout > 0):
+        problems.append(f"timeout must be a number of seconds > 0 or null, got {timeout!r}")
+    cwd = job.get("cwd")
+    if cwd is not None and not (isinstance(cwd, str) and cwd and "\x00" not in cwd):
+        problems.append(f"cwd must be a directory path, got {cwd!r}")
+    for name in ("last_error",):
+        if job.get(name) is not None and not isinstance(job[name], str):
+            problems.append(f"{name} must be a string, got {job[name]!r}")
+    if job.get("exit_code") is not None and not _is_int(job["exit_code"]):
+        problems.append(f"exit_code must be an integer, got {job['exit_code']!r}")
+    if job.get("duration_s") is not None and not _is_number(job["duration_s"]):
+        problems.append(f"duration_s must be a number, got {job['duration_s']!r}")
+
+
+def check_id(job_id, what="id"):
+    """Raise InvalidJob unless job_id follows the id rule."""
+    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+        raise InvalidJob(f"{what} must be 1-128 characters of letters, digits, '.', '_' or "
+                         f"'-', starting with a letter or digit, got {job_id!r}")
+
+
+def validate(job, stem=None):
+    """Check a job dict in place (normalising times); returns it. `stem` is the file name's
+    stem for a job read from the spool: the id must equal it, and fills it when absent."""
+    problems = []
+    for name in IGNORED_FIELDS:
+        job.pop(name, None)
+    if stem is not None and job.get("id") is None:
+        job["id"] = stem
+    job_id = job.get("id")
+    if job_id is not None:
+        try:
+            check_id(job_id)
+        except InvalidJob as exc:
+            problems.extend(exc.problems)
+        else:
+            if stem is not None and job_id != stem:
+                problems.append(f"id {job_id!r} does not match the file name {stem + JOB_SUFFIX!r}")
+    _check_command(job, problems)
+    _check_int(job, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT, problems)
+    _check_int(job, "max_retries", 0, MAX_RETRIES_LIMIT, problems)
+    _check_int(job, "attempts", 0, 10**9, problems)
+    for name in TIME_FIELDS:
+        _check_time(job, name, problems)
+    _check_optional(job, problems)
+    if problems:
+        raise InvalidJob(problems)
+    return job
+
+
+def complete(job, defaults, now):
+    """Fill the fields a minimal (dropped) job leaves out, so the file says everything.
+    `defaults` maps max_retries and created_at; existing values are never replaced."""
+    job.setdefault("priority", 0)
+    job.setdefault("attempts", 0)
+    if job.get("max_retries") is None:
+        job["max_retries"] = defaults["max_retries"]
+    if job.get("created_at") is None:
+        job["created_at"] = defaults.get("created_at") or iso(now)
+    if job.get("updated_at") is None:
+        job["updated_at"] = job["created_at"]
+    return job
+
+
+def due_time(job):
+    """Epoch seconds from which the job may run: run_at if set, else created_at."""
+    stamp = job.get("run_at") or job.get("created_at")
+    return parse_time(stamp) if stamp else 0.0

@@ -1,0 +1,221 @@
+"""Job lifecycle: the only code that changes a job's state. One function per move; each
+moves the file in the spool first and updates the index after (spool first, index after).
+
+Legal moves (MOVES below): publish (-> pending), claim (pending|failed -> processing),
+complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive and cancel
+and retry go through a claim too, so every rewrite of a job happens under its flock with
+exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
+A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
+instead, so nothing is ever overwritten or lost."""
+
+import logging
+
+from . import job as jobmod
+from .errors import DuplicateId, InvalidJob
+from .index import job_row
+from .spool import NotAJobFile, display_name
+
+log = logging.getLogger("queuectl")
+
+MOVES = {
+    "publish": (None, "pending"),
+    "claim": ("pending|failed|dead", "processing"),
+    "complete": ("processing", "completed"),
+    "fail": ("processing", "failed"),
+    "bury": ("processing", "dead"),
+    "requeue": ("processing", "pending"),
+    "reject": ("any", "rejected"),
+}
+
+
+def _index_job(home, what, job, state):
+    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job))])
+
+
+def _due(job):
+    try:
+        return jobmod.due_time(job)
+    except (ValueError, OverflowError):
+        return 0.0
+
+
+# ---- enqueue ----------------------------------------------------------------------------
+
+def prepare(home, doc, now):
+    """Validate a submitted job and fill every field, so the file says everything."""
+    if not isinstance(doc, dict):
+        raise InvalidJob("a job must be a JSON object")
+    doc = jobmod.validate(dict(doc))
+    if doc.get("id") is None:
+        doc["id"] = jobmod.new_id(now)
+    return jobmod.complete(doc, {"max_retries": home.settings.max_retries}, now)
+
+
+def publish(home, docs, now):
+    """Write validated jobs into pending/. All are checked before any is written: an id
+    already in the spool or repeated in the batch raises DuplicateId and writes nothing."""
+    seen = set()
+    for doc in docs:
+        if doc["id"] in seen or home.spool.find(doc["id"]):
+            raise DuplicateId(f"a job with id {doc['id']!r} already exists")
+        seen.add(doc["id"])
+    home.spool.ensure_layout()
+    written = []
+    for doc in docs:
+        home.spool.publish(doc["id"], jobmod.dumps(doc))
+        written.append(doc)
+    home.index_safely("enqueue", home.index.upsert,
+                      [job_row(d, "pending", _due(d)) for d in written])
+    for doc in written:
+        log.info("enqueued %s: %s", doc["id"], doc["command"][:200])
+    return [d["id"] for d in written]
+
+
+# ---- claiming ---------------------------------------------------------------------------
+
+def parse_claimed(home, claim, now):
+    """The job held by a claim, validated and completed with defaults. Raises InvalidJob."""
+    doc = jobmod.validate(jobmod.loads_object(claim.data), stem=claim.job_id)
+    defaults = {"max_retries": home.settings.max_retries,
+                "created_at": jobmod.iso(claim.st.st_mtime)}
+    return jobmod.complete(doc, defaults, now)
+
+
+def claim(home, state, job_id):
+    """Lock and move <state>/<id> into processing/. None if another worker got it."""
+    taken = home.spool.claim(state, job_id)
+    if taken is not None:
+        log.debug("claimed %s from %s", job_id, state)
+    return taken
+
+
+def mark_running(home, doc, worker_id):
+    _index_job(home, "claim", doc, "processing")
+
+
+# ---- finishing (all from processing/) ---------------------------------------------------
+
+def _finish(home, claim, doc, dest, what, now):
+    doc["updated_at"] = jobmod.iso(now)
+    try:
+        home.spool.finish(claim, jobmod.dumps(doc), dest)
+    except DuplicateId as exc:
+        # Another job took this id while ours ran: keep ours, never overwrite theirs.
+        moved = home.spool.reject("processing", claim.job_id + jobmod.JOB_SUFFIX,
+                                  f"duplicate id while finishing ({exc})")
+        home.spool.release(claim, unlink=False)
+        log.error("job %s could not move to %s/: %s; kept as rejected/%s",
+                  claim.job_id, dest, exc, moved)
+        return None
+    _index_job(home, what, doc, dest)
+    return dest
+
+
+def complete(home, claim, doc, result, now):
+    doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=result.exit_code,
+               duration_s=result.duration_s, finished_at=jobmod.iso(now), last_error=None)
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "completed", "complete", now)
+    log.info("completed %s (attempt %d, %.3fs)", doc["id"], doc["attempts"], result.duration_s)
+    return state
+
+
+def fail(home, claim, doc, error, exit_code, duration_s, now):
+    """Count the attempt; retry later with backoff, or bury once retries are exhausted."""
+    doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=exit_code, last_error=error,
+               duration_s=duration_s, finished_at=jobmod.iso(now))
+    if jobmod.is_exhausted(doc):
+        return bury(home, claim, doc, now)
+    settings = home.settings
+    delay = jobmod.retry_delay(doc["attempts"], settings.backoff_base, settings.backoff_max)
+    doc["run_at"] = jobmod.iso(now + delay)
+    state = _finish(home, claim, doc, "failed", "fail", now)
+    log.info("failed %s (attempt %d of %d): %s; retry in %gs", doc["id"], doc["attempts"],
+             doc["max_retries"] + 1, error, delay)
+    return state
+
+
+def bury(home, claim, doc, now):
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "dead", "bury", now)
+    log.warning("dead %s after %d attempts: %s", doc["id"], doc["attempts"],
+                doc.get("last_error"))
+    return state
+
+
+def requeue(home, claim, doc, now, reason="worker stopping"):
+    """Back to pending/ without counting an attempt (graceful stop, paused or unready)."""
+    state = _finish(home, claim, doc, "pending", "requeue", now)
+    log.info("requeued %s: %s", doc["id"], reason)
+    return state
+
+
+def revive(home, claim, doc, now):
+    """DLQ retry: attempts reset, runs as soon as a worker is free."""
+    doc.update(attempts=0, run_at=None)
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "pending", "revive", now)
+    log.info("revived %s from the dead letter queue", doc["id"])
+    return state
+
+
+def run_now(home, claim, doc, now):
+    """A failed job waiting for its retry time becomes ready now (attempts kept)."""
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "pending", "retry", now)
+    log.info("retry now %s", doc["id"])
+    return state
+
+
+def cancel(home, claim, doc, now):
+    doc.update(last_error="cancelled", finished_at=jobmod.iso(now))
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "dead", "cancel", now)
+    log.info("cancelled %s", doc["id"])
+    return state
+
+
+# ---- rejecting and recovering -----------------------------------------------------------
+
+def reject(home, state, name, reason, size=None, now=0.0):
+    """Move an unusable file to rejected/ untouched and record why (index and log)."""
+    stored = home.spool.reject(state, name, reason)
+    if stored is None:
+        return None
+    shown = display_name(stored)
+    home.index_safely("reject", home.index.upsert_rejected,
+                      [(shown, reason, jobmod.iso(now), size)])
+    if state != "rejected" and name.endswith(jobmod.JOB_SUFFIX):
+        job_id = display_name(name)[:-len(jobmod.JOB_SUFFIX)]
+        home.index_safely("reject", home.index.delete_if, job_id, state)
+    log.warning("rejected %s/%s -> rejected/%s: %s", state, display_name(name), shown, reason)
+    return shown
+
+
+def reject_claimed(home, claim, reason, now):
+    """A claimed file turned out not to be a job: rejected/, byte for byte."""
+    name = claim.job_id + jobmod.JOB_SUFFIX
+    try:
+        return reject(home, "processing", name, reason, claim.st.st_size, now)
+    finally:
+        home.spool.release(claim, unlink=False)
+
+
+def recover(home, job_id, now):
+    """Recover processing/<id> if no live process holds its lock. Returns what was done:
+    None (owned or gone), 'leftover' (a copy already moved on: deleted) or the new state."""
+    held = home.spool.probe_orphan(job_id)
+    if held is None:
+        return None
+    others = [s for s in home.spool.find(job_id) if s != "processing"]
+    if others:
+        # Crash between finishing's move and its unlink: the job lives on in others[0].
+        home.spool.release(held, unlink=True)
+        log.info("recovery: deleted leftover processing/%s (job is in %s/)", job_id, others[0])
+        return "leftover"
+    try:
+        doc = parse_claimed(home, held, now)
+    except (InvalidJob, NotAJobFile) as exc:
+        return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
+    log.warning("recovery: %s had no live worker (worker died)", job_id)
+    return fail(home, held, doc, "worker died", None, None, now)

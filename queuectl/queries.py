@@ -1,0 +1,78 @@
+"""Read-side reports: status, list and show. Each first ingests what changed in the spool,
+so a job dropped by another tool is never missed, then answers from the index; `show` reads
+the job file itself (the spool is the truth)."""
+
+import os
+
+from . import job as jobmod
+from .errors import InvalidJob, JobNotFound
+from .ingest import ingest
+from .spool import JOB_STATES, NotAJobFile
+
+LIST_STATES = (*JOB_STATES, "rejected")
+
+
+def check_state(state):
+    if state is not None and state not in LIST_STATES:
+        raise InvalidJob(f"state must be one of: {', '.join(LIST_STATES)}; got {state!r}")
+
+
+def list_jobs(home, state=None, limit=None):
+    """Job rows (dicts); for state 'rejected' the rejected files with their reasons."""
+    check_state(state)
+    ingest(home)
+    if state == "rejected":
+        return [_rejected_row(r) for r in home.index.rejected(limit=limit)]
+    return home.index.list(state, limit)
+
+
+def _rejected_row(row):
+    name = row["name"]
+    return {"id": name[:-5] if name.endswith(".json") else name, "state": "rejected",
+            "file": name, "last_error": row["reason"], "updated_at": row["rejected_at"],
+            "created_at": row["rejected_at"], "command": None, "attempts": 0,
+            "max_retries": None, "size": row["size"]}
+
+
+def status(home, workers=()):
+    """Counts per state, ready vs scheduled, oldest ready age, paths and workers."""
+    ingest(home)
+    now = home.clock()
+    counts = {state: 0 for state in JOB_STATES}
+    counts.update(home.index.counts())
+    ready, scheduled, oldest_due = home.index.ready_summary(now)
+    return {
+        "home": home.home, "spool": home.spool_dir, "data": home.data_dir,
+        "counts": counts, "rejected": home.index.rejected_count(),
+        "ready": ready, "scheduled": scheduled,
+        "oldest_ready_age_s": round(now - oldest_due, 3) if oldest_due is not None else None,
+        "paused": home.spool.is_paused(),
+        "workers": list(workers),
+    }
+
+
+def show(home, job_id):
+    """Everything known about one job: the file's fields, its state and path, last error."""
+    ingest(home)
+    states = home.spool.find(job_id) if jobmod.ID_RE.match(job_id) else []
+    for state in states:
+        path = home.spool.path(state, job_id)
+        try:
+            data, _ = home.spool.read(state, job_id + jobmod.JOB_SUFFIX)
+            doc = jobmod.loads_object(data)
+        except (NotAJobFile, InvalidJob):
+            continue
+        output = home.spool.output_path(job_id)
+        return {"job": doc, "id": job_id, "state": state, "path": path,
+                "output": output if os.path.exists(output) else None,
+                "also_in": [s for s in states if s != state],
+                "last_error": doc.get("last_error")}
+    for name in (job_id, job_id + jobmod.JOB_SUFFIX):
+        rows = home.index.rejected(name)
+        if rows:
+            row = _rejected_row(rows[0])
+            return {"job": None, "id": row["id"], "state": "rejected",
+                    "path": os.path.join(home.spool.dir("rejected"), name),
+                    "output": None, "also_in": [], "last_error": row["last_error"],
+                    "size": row["size"]}
+    raise JobNotFound(f"no job with id {job_id!r} in {home.spool_dir}")

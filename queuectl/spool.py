@@ -1,0 +1,371 @@
+"""The spool: the only module that knows the directory layout and moves files.
+
+A job's state is the directory its file sits in. Invariants kept here:
+- No move overwrites (renameat2 NOREPLACE or link+unlink): an existing destination means a
+  duplicate id, reported as DuplicateId, and nothing is replaced.
+- A published or finished job is on disk before it is visible: tmp/ + fsync + move + fsync of
+  the destination directory; only then is the old copy unlinked (a crash in between leaves a
+  leftover in processing/ for recovery, never a lost job).
+- Files are opened O_NOFOLLOW|O_NONBLOCK and fstat-ed before reading: symlinks, FIFOs,
+  directories and oversize files are refused without reading a byte of them.
+- A claim holds an exclusive flock on the job's inode for as long as the job runs.
+On failure, OSErrors other than the expected races propagate to the caller."""
+
+import errno
+import fcntl
+import os
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+
+from . import fsops
+from .errors import DuplicateId
+from .job import JOB_SUFFIX
+
+JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
+PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
+ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
+REASON_SUFFIX = ".reason"
+PAUSE_FILE = "PAUSED"
+_HOST = socket.gethostname().split(".")[0] or "host"
+
+
+class NotAJobFile(Exception):
+    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `settled`
+    is False when the problem may be a writer still at work (e.g. vanished mid-read)."""
+
+    def __init__(self, reason, gone=False):
+        super().__init__(reason)
+        self.reason = reason
+        self.gone = gone
+
+
+@dataclass
+class Claim:
+    """A job file held in processing/: its locked fd, its bytes and its fstat."""
+    job_id: str
+    fd: int
+    data: bytes
+    st: os.stat_result
+    origin: str
+
+
+def display_name(name):
+    """A file name as text that is always printable and storable (bad UTF-8 escaped)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def job_name(job_id):
+    return job_id + JOB_SUFFIX
+
+
+def is_candidate(name):
+    """Names that may be jobs: '<something>.json', not hidden (tools write '.x.part')."""
+    return name.endswith(JOB_SUFFIX) and not name.startswith(".")
+
+
+class Spool:
+    def __init__(self, root, max_job_bytes=1048576):
+        self.root = os.path.abspath(root)
+        self.max_job_bytes = max_job_bytes
+        self._ready = False
+
+    # ---- layout -------------------------------------------------------------------------
+    def dir(self, state):
+        return os.path.join(self.root, state)
+
+    def path(self, state, job_id):
+        return os.path.join(self.root, state, job_name(job_id))
+
+    def output_path(self, job_id):
+        return os.path.join(self.root, "output", job_id + ".log")
+
+    def exists(self):
+        return os.path.isdir(self.dir("pending"))
+
+    def ensure_layout(self):
+        """Create any missing directory (idempotent, safe against concurrent creators)."""
+        if self._ready:
+            return
+        os.makedirs(self.root, exist_ok=True)
+        for name in ALL_DIRS:
+            path = self.dir(name)
+            try:
+                os.mkdir(path, 0o700 if name in PRIVATE_DIRS else 0o777)
+            except FileExistsError:
+                pass
+        self._ready = True
+
+    def is_paused(self):
+        return os.path.lexists(os.path.join(self.root, PAUSE_FILE))
+
+    def set_paused(self, paused):
+        """The pause flag is a plain file (spool/PAUSED) so `ls` shows it and any tool can
+        pause the queue with `touch`."""
+        path = os.path.join(self.root, PAUSE_FILE)
+        if paused:
+            self.ensure_layout()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            os.close(fd)
+        else:
+            _unlink_quietly(path)
+
+    def state_mtimes(self):
+        """{dir: mtime_ns} for every job-holding directory (rejected included)."""
+        result = {}
+        for name in (*JOB_STATES, "rejected"):
+            try:
+                result[name] = os.stat(self.dir(name)).st_mtime_ns
+            except FileNotFoundError:
+                result[name] = 0
+        return result
+
+    def names(self, state):
+        """Candidate job names in one directory (unsorted)."""
+        try:
+            return [name for name in os.listdir(self.dir(state)) if is_candidate(name)]
+        except FileNotFoundError:
+            return []
+
+    def find(self, job_id):
+        """The job states holding <id>.json right now (normally one; two after a crash)."""
+        name = job_name(job_id)
+        return [s for s in JOB_STATES if os.path.lexists(os.path.join(self.root, s, name))]
+
+    # ---- reading ------------------------------------------------------------------------
+    def _open_checked(self, path, flags):
+        """Open without following symlinks or blocking on FIFOs; refuse non-regular files
+        and oversize ones before any read. Returns (fd, stat)."""
+        try:
+            fd = fsops.open_(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise NotAJobFile("vanished", gone=True) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotAJobFile("is a symbolic link (never followed)") from None
+            if exc.errno == errno.EISDIR:
+                raise NotAJobFile("is a directory, not a file") from None
+            if exc.errno in (errno.ENXIO, errno.EWOULDBLOCK):
+                raise NotAJobFile("is a special file, not a regular file") from None
+            raise NotAJobFile(f"cannot be opened: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            self._check_stat(st)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def _check_stat(self, st):
+        if stat.S_ISDIR(st.st_mode):
+            raise NotAJobFile("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAJobFile("is a special file (FIFO, socket or device), not a regular file")
+        if st.st_size > self.max_job_bytes:
+            raise NotAJobFile(f"is {st.st_size} bytes, over max_job_bytes "
+                              f"({self.max_job_bytes})")
+
+    def _read_fd(self, fd):
+        data = os.pread(fd, self.max_job_bytes + 1, 0)
+        if len(data) > self.max_job_bytes:
+            raise NotAJobFile(f"grew past max_job_bytes ({self.max_job_bytes}) while read")
+        return data
+
+    def read(self, state, name):
+        """(bytes, stat) of <state>/<name>, read safely; NotAJobFile if it can't be a job."""
+        fd, st = self._open_checked(os.path.join(self.dir(state), name), os.O_RDONLY)
+        try:
+            return self._read_fd(fd), st
+        finally:
+            os.close(fd)
+
+    def lstat(self, state, name):
+        try:
+            return os.lstat(os.path.join(self.dir(state), name))
+        except FileNotFoundError:
+            return None
+
+    # ---- writing ------------------------------------------------------------------------
+    def _write_tmp(self, data):
+        """Write data to a fresh file in tmp/ and fsync it; returns its path."""
+        self.ensure_layout()
+        path = os.path.join(self.dir("tmp"), f"{_HOST}.{os.getpid()}.{secrets.token_hex(6)}")
+        fd = fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            fsops.write_all(fd, data, path)
+            fsops.fsync(fd, path)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+        os.close(fd)
+        return path
+
+    def publish(self, job_id, data, state="pending"):
+        """Make a new job visible: tmp + fsync + link (never replaces) + fsync of the dir.
+        DuplicateId if <id>.json already exists in that directory."""
+        tmp = self._write_tmp(data)
+        try:
+            fsops.link(tmp, self.path(state, job_id))
+        except FileExistsError:
+            raise DuplicateId(f"a job with id {job_id!r} already exists") from None
+        finally:
+            _unlink_quietly(tmp)
+        fsops.fsync_dir(self.dir(state))
+
+    # ---- claiming and finishing -----------------------------------------------------------
+    def claim(self, state, job_id):
+        """Lock <state>/<id>.json and move it into processing/. Returns a Claim, or None when
+        another process holds it or won the race (normal, silent). NotAJobFile if the path
+        is not a regular file of acceptable size."""
+        src = self.path(state, job_id)
+        fd, st = self._open_checked(src, os.O_RDWR)
+        try:
+            try:
+                fsops.flock(fd, _LOCK_EX_NB, src)
+            except BlockingIOError:
+                os.close(fd)    # someone else is claiming or running it
+                return None
+            # Between our open and flock another worker may have claimed and finished the
+            # file and a new one may sit under the name: only move the inode we locked.
+            try:
+                current = os.lstat(src)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            if current.st_ino != st.st_ino or current.st_dev != st.st_dev:
+                os.close(fd)
+                return None
+            try:
+                fsops.rename_noreplace(src, self.path("processing", job_id))
+            except (FileNotFoundError, FileExistsError):
+                os.close(fd)    # lost the race, or the same id is running: skip
+                return None
+            st = os.fstat(fd)
+            return Claim(job_id, fd, self._read_fd(fd), st, state)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+
+    def finish(self, claim, data, dest):
+        """Write the job's new record into dest/ and release processing/. Order: tmp, fsync,
+        move into dest (never replacing), fsync dest, unlink processing/, close (unlock).
+        A crash after the move leaves a leftover in processing/ that recovery deletes.
+        DuplicateId if dest already holds the id; the claim is then still held."""
+        tmp = self._write_tmp(data)
+        try:
+            fsops.rename_noreplace(tmp, self.path(dest, claim.job_id))
+        except FileExistsError:
+            _unlink_quietly(tmp)
+            raise DuplicateId(f"{dest}/ already holds a job with id {claim.job_id!r}") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        fsops.fsync_dir(self.dir(dest))
+        self.release(claim, unlink=True)
+
+    def release(self, claim, unlink):
+        """Drop a claim: optionally unlink its processing/ file, then close (unlock)."""
+        try:
+            if unlink:
+                try:
+                    fsops.unlink(self.path("processing", claim.job_id))
+                except FileNotFoundError:
+                    pass
+        finally:
+            _close_quietly(claim.fd)
+            claim.fd = -1
+
+    def unclaim(self, claim):
+        """Put a claimed file back where it came from untouched (it was not ready)."""
+        try:
+            fsops.rename_noreplace(self.path("processing", claim.job_id),
+                                   self.path(claim.origin, claim.job_id))
+        finally:
+            self.release(claim, unlink=False)
+
+    def probe_orphan(self, job_id):
+        """Lock processing/<id>.json if nobody holds it: a Claim on an orphan, else None.
+        Re-checks after locking that the path still names the locked inode."""
+        path = self.path("processing", job_id)
+        try:
+            fd = fsops.open_(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            fsops.flock(fd, _LOCK_EX_NB, path)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        st = os.fstat(fd)
+        current = self.lstat("processing", job_name(job_id))
+        if st.st_nlink == 0 or current is None or current.st_ino != st.st_ino:
+            os.close(fd)
+            return None
+        try:
+            data = self._read_fd(fd)
+        except NotAJobFile:
+            data = b""
+        return Claim(job_id, fd, data, st, "processing")
+
+    # ---- rejecting ----------------------------------------------------------------------
+    def reject(self, state, name, reason):
+        """Move <state>/<name> into rejected/ byte for byte (never opened for writing) and
+        write the reason beside it. Returns the name it got there, or None if it vanished."""
+        self.ensure_layout()
+        target = name
+        for _ in range(5):
+            try:
+                fsops.rename_noreplace(os.path.join(self.dir(state), name),
+                                       os.path.join(self.dir("rejected"), target))
+                break
+            except FileExistsError:
+                target = f"{name}.{secrets.token_hex(4)}"
+            except FileNotFoundError:
+                return None
+        else:
+            return None
+        self.write_private("rejected", target + REASON_SUFFIX, reason.encode() + b"\n")
+        fsops.fsync_dir(self.dir("rejected"))
+        return target
+
+    def reject_reason(self, name):
+        try:
+            with open(os.path.join(self.dir("rejected"), name + REASON_SUFFIX), "rb") as f:
+                return f.read(4096).decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+
+    def rejected_names(self):
+        try:
+            return [n for n in os.listdir(self.dir("rejected")) if not n.endswith(REASON_SUFFIX)]
+        except FileNotFoundError:
+            return []
+
+    def write_private(self, state, name, data):
+        """Atomically (re)write a small side file such as a rejection reason."""
+        tmp = self._write_tmp(data)
+        os.replace(tmp, os.path.join(self.dir(state), name))
+
+    def delete(self, state, name):
+        """Remove a file (purge); missing is fine."""
+        _unlink_quietly(os.path.join(self.dir(state), name))
+
+
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
+
+def _unlink_quietly(path):
+    try:
+        fsops.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _close_quietly(fd):
+    if fd is not None and fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
