@@ -64,6 +64,8 @@ def script_job(path):
 def apply_overrides(docs, overrides, now):
     """Options given on the command line win over the JSON's fields."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "job_id" in given:    # the CLI's name for --id (click can't call a parameter "id")
+        given["id"] = given.pop("job_id")
     if "id" in given and len(docs) != 1:
         raise InvalidJob("--id can only be used with a single job")
     delay = given.pop("delay", None)
