@@ -317,5 +317,107 @@ def reindex(ctx):
     click.echo(f"reindexed {total} jobs from {home.spool_dir}" + (f" ({detail})" if detail else ""))
 
 
+# ---- workers --------------------------------------------------------------------------------
+
+@main.group()
+def worker():
+    """Start and stop the worker pool.
+
+    \b
+    Examples:
+      queuectl worker start --count 4
+      queuectl worker start --foreground     # under systemd or in a container
+      queuectl worker stop
+    """
+
+
+@worker.command("start")
+@click.option("--count", "-n", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="How many workers to run.")
+@click.option("--foreground", is_flag=True,
+              help="Stay attached; stop gracefully on Ctrl-C or SIGTERM.")
+@click.option("--quiet", is_flag=True, hidden=True)
+@click.pass_context
+def worker_start(ctx, count, foreground, quiet):
+    """Start a supervisor that keeps COUNT workers running (restarting any
+    that die). Returns once they run, unless --foreground. Starting again
+    adds workers."""
+    from . import pool
+    home = _home(ctx)
+    if foreground:
+        if not quiet:
+            click.echo(f"running {count} workers in the foreground for {home.home} "
+                       "(Ctrl-C stops them gracefully)")
+        sys.exit(pool.run_foreground(home, count))
+    started = pool.start(home, count)
+    click.echo(f"started supervisor {started['supervisor_pid']} with {count} worker"
+               f"{'s' if count != 1 else ''} (pids {', '.join(map(str, started['workers']))}) "
+               f"for {home.home}")
+
+
+@worker.command("stop")
+@click.option("--timeout", type=click.FloatRange(min=0),
+              help="Seconds to let running jobs finish before they are killed and "
+                   "requeued (default: config shutdown_timeout).")
+@click.pass_context
+def worker_stop(ctx, timeout):
+    """Stop every worker of this home gracefully: they stop claiming, running
+    jobs may finish; past the timeout a job is killed and goes back to
+    pending without counting an attempt. Waits and reports."""
+    from . import pool
+    home = _home(ctx)
+    limit = home.settings.shutdown_timeout if timeout is None else timeout
+    for line in pool.stop(home, limit):
+        click.echo(line)
+
+
+@worker.command("run", hidden=True)
+@click.pass_context
+def worker_run(ctx):
+    """Run one worker in this process (no supervisor)."""
+    from .worker import run_worker
+    sys.exit(run_worker(_home(ctx)))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job finishes.")
+@click.pass_context
+def logs(ctx, job_id, follow):
+    """Print a job's output (stdout and stderr of every attempt).
+
+    \b
+    Example:
+      queuectl logs nightly -f
+    """
+    from .output import stream_output
+    for chunk in stream_output(_home(ctx), job_id, follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.pass_context
+def recover(ctx, as_json):
+    """Recover jobs left in processing/ by workers that died: a job whose
+    lock nobody holds counts the attempt and goes to failed/ (or dead/); a
+    leftover copy of a job that already moved on is deleted. Running jobs
+    are never touched.
+
+    \b
+    Example:
+      queuectl recover
+    """
+    from .recovery import recover_all
+    done = recover_all(_home(ctx))
+    if as_json:
+        _echo_json(done)
+    elif done:
+        click.echo("\n".join(f"{d['id']}: {d['result']}" for d in done))
+    else:
+        click.echo("nothing to recover")
+
+
 if __name__ == "__main__":   # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -219,3 +219,8 @@ def recover(home, job_id, now):
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
     log.warning("recovery: %s had no live worker (worker died)", job_id)
     return fail(home, held, doc, "worker died", None, None, now)
+
+
+def unclaim(home, claim):
+    """Put a claimed file back untouched (not ready yet, or still being written)."""
+    home.spool.unclaim(claim)

@@ -1,5 +1,295 @@
-"""placeholder"""
+"""The worker pool: a supervisor process that keeps N workers alive, and the commands that
+start it, stop it and list workers.
+
+Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>.json with host, pid and
+its process start time, so a reused pid is never mistaken for it. Workers are forked from the
+supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
+killed supervisor's workers stop gracefully. A worker that dies is restarted, with a delay
+that doubles while it keeps dying young (a crash loop does not spin)."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from . import runner
+from .errors import QueueError
+from .home import Home
+from .worker import HEARTBEAT_SECONDS, run_worker
+
+log = logging.getLogger("queuectl")
+STALE_AFTER = 3 * HEARTBEAT_SECONDS
+YOUNG_DEATH_SECONDS = 5
+MAX_RESTART_DELAY = 30
+
+
+def _records_dir(home):
+    return home.path("supervisors")
+
+
+def _process_started(pid):
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_same_process(host, pid, started_at):
+    """True if (host, pid, start time) names a live process on this host."""
+    if host != runner.HOSTNAME:
+        return None          # unknown: another machine's process
+    created = _process_started(pid)
+    return created is not None and abs(created - started_at) < 1.0
+
+
+# ---- the supervisor ---------------------------------------------------------------------------
+
+class Supervisor:
+    def __init__(self, home, count):
+        self.home = home
+        self.count = count
+        self.pid = os.getpid()
+        self.started_at = _process_started(self.pid)
+        self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
+        self.record_path = os.path.join(_records_dir(home), self.supervisor_id + ".json")
+        self.children = {}          # pid -> fork time
+        self.restart_delay = 0.5
+        self.next_start = 0.0
+        self.stopping = False
+        self.stop_now = False
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+        if signum == signal.SIGUSR1:
+            self.stop_now = True
+        for pid in list(self.children):
+            _signal(pid, signal.SIGUSR1 if self.stop_now else signal.SIGTERM)
+
+    def write_record(self):
+        os.makedirs(_records_dir(self.home), mode=0o700, exist_ok=True)
+        record = {"host": runner.HOSTNAME, "pid": self.pid, "started_at": self.started_at,
+                  "count": self.count, "workers": sorted(self.children),
+                  "home": self.home.home}
+        tmp = f"{self.record_path}.{self.pid}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.record_path)
+
+    def spawn(self):
+        self.home.close()                  # never share a SQLite connection across fork
+        pid = os.fork()
+        if pid == 0:                       # the worker
+            code = 1
+            try:
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+                    signal.signal(signum, signal.SIG_DFL)
+                runner._load_libc()
+                if runner._libc:
+                    runner._libc.prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+                if os.getppid() != self.pid:
+                    os._exit(0)            # the supervisor died before prctl took effect
+                home = Home(self.home.home, self.home.spool_dir, self.home.data_dir)
+                code = run_worker(home, self.supervisor_id)
+            except BaseException:
+                logging.getLogger("queuectl").exception("worker crashed")
+            finally:
+                os._exit(code)
+        self.children[pid] = time.monotonic()
+        log.info("supervisor %s started worker %d", self.supervisor_id, pid)
+        return pid
+
+    def reap(self):
+        """Collect dead workers; back off restarts while they die young."""
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            born = self.children.pop(pid, None)
+            if born is None or self.stopping:
+                continue
+            young = time.monotonic() - born < YOUNG_DEATH_SECONDS
+            self.restart_delay = min(self.restart_delay * 2, MAX_RESTART_DELAY) if young \
+                else 0.5
+            self.next_start = time.monotonic() + (self.restart_delay if young else 0)
+            log.warning("worker %d exited (%s); restarting%s", pid, _describe(status),
+                        f" in {self.restart_delay:.1f}s" if young else "")
+
+    def run(self):
+        """Keep `count` workers alive until SIGTERM/SIGINT; returns the exit code."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # wake time.sleep on a death
+        log.info("supervisor %s starting %d workers", self.supervisor_id, self.count)
+        try:
+            while not self.stopping:
+                self.reap()
+                changed = False
+                while len(self.children) < self.count and time.monotonic() >= self.next_start \
+                        and not self.stopping:
+                    self.spawn()
+                    changed = True
+                if changed:
+                    self.write_record()
+                time.sleep(0.2 if len(self.children) < self.count else 1.0)
+            self._wait_children()
+        finally:
+            try:
+                os.unlink(self.record_path)
+            except FileNotFoundError:
+                pass
+            log.info("supervisor %s stopped", self.supervisor_id)
+        return 0
+
+    def _wait_children(self):
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.children.pop(pid, None)
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+def supervisors(home):
+    """[(record, alive)] for every supervisor record of this home; alive is None for
+    another host's."""
+    result = []
+    try:
+        names = sorted(os.listdir(_records_dir(home)))
+    except FileNotFoundError:
+        return result
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(_records_dir(home), name)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        record["path"] = path
+        result.append((record, is_same_process(record.get("host"), record.get("pid", -1),
+                                               record.get("started_at") or 0)))
+    return result
+
+
+def start(home, count, wait_seconds=20):
+    """Start a detached supervisor with `count` workers; returns its record once they all
+    heartbeat. QueueError if they don't come up in time."""
+    home.spool.ensure_layout()
+    os.makedirs(home.path("logs"), mode=0o700, exist_ok=True)
+    from .security import check_spool
+    check_spool(home)
+    log_path = home.path("logs", "supervisor.out")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "queuectl", "--home", home.home, "--spool", home.spool_dir,
+             "--data", home.data_dir, "worker", "start", "--foreground", "--count", str(count),
+             "--quiet"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + wait_seconds
+    supervisor_id = f"{runner.HOSTNAME}-{proc.pid}"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise QueueError(f"the supervisor exited at once (code {proc.returncode}); "
+                             f"see {log_path}")
+        workers = [w for w in home.index.workers() if w["supervisor"] == supervisor_id]
+        if len(workers) >= count:
+            return {"supervisor_pid": proc.pid, "workers": sorted(w["pid"] for w in workers)}
+        time.sleep(0.05)
+    raise QueueError(f"workers did not report in within {wait_seconds}s; see {log_path} and "
+                     f"{home.path('logs', 'queuectl.log')}")
+
+
+def run_foreground(home, count):
+    from .security import check_spool
+    home.spool.ensure_layout()
+    check_spool(home)
+    home.configure_logging("supervisor")
+    supervisor = Supervisor(home, count)
+    supervisor.write_record()
+    return supervisor.run()
+
+
+def stop(home, timeout):
+    """Ask every live supervisor of this home to stop gracefully and wait. After `timeout`
+    seconds, running jobs are killed and requeued (SIGUSR1); after a further grace, anything
+    left is SIGKILLed (recovery then takes over). Stale records are removed."""
+    report = []
+    live = []
+    for record, alive in supervisors(home):
+        if alive is None:
+            report.append(f"skipped supervisor {record['pid']} on host {record['host']}")
+        elif not alive:
+            os.unlink(record["path"])
+            report.append(f"removed stale record of supervisor {record['pid']} (not running)")
+        else:
+            _signal(record["pid"], signal.SIGTERM)
+            live.append(record)
+    if not live:
+        return report + ["no workers were running"]
+    escalations = [(timeout, signal.SIGUSR1), (timeout + 15, signal.SIGKILL)]
+    started = time.monotonic()
+    while True:
+        running = [r for r in live if is_same_process(r["host"], r["pid"], r["started_at"])]
+        if not running:
+            break
+        elapsed = time.monotonic() - started
+        while escalations and elapsed >= escalations[0][0]:
+            _, signum = escalations.pop(0)
+            for record in running:
+                targets = [record["pid"]] + (record.get("workers") or []) \
+                    if signum == signal.SIGKILL else [record["pid"]]
+                for pid in targets:
+                    _signal(pid, signum)
+        time.sleep(0.05)
+    for record in live:
+        try:
+            os.unlink(record["path"])
+        except FileNotFoundError:
+            pass
+        report.append(f"stopped supervisor {record['pid']} and its "
+                      f"{len(record.get('workers') or [])} workers")
+    return report
 
 
 def worker_rows(home):
-    return []
+    """Worker records for status: stale ones flagged, dead ones on this host removed."""
+    rows = []
+    now = time.time()
+    for row in home.index.workers():
+        alive = is_same_process(row["host"], row["pid"], row["started_at"])
+        if alive is False:
+            home.index_safely("worker cleanup", home.index.delete_worker, row["worker_id"])
+            continue
+        row["stale"] = now - (row["heartbeat_at"] or 0) > STALE_AFTER
+        if row["stale"]:
+            row["state"] = "stale"
+        rows.append(row)
+    return rows

@@ -92,7 +92,7 @@ class Spool:
         for name in ALL_DIRS:
             path = self.dir(name)
             try:
-                os.mkdir(path, 0o700 if name in PRIVATE_DIRS else 0o777)
+                os.mkdir(path, 0o700 if name in PRIVATE_DIRS else 0o755)
             except FileExistsError:
                 pass
         self._ready = True

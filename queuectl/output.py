@@ -1,0 +1,40 @@
+"""Reading a job's output log (spool/output/<id>.log), optionally following it until the job
+reaches a final or waiting state."""
+
+import os
+import time
+
+from .errors import JobNotFound
+from .job import ID_RE
+
+FOLLOW_POLL_SECONDS = 0.2
+RUNNING_STATES = ("pending", "processing")
+
+
+def stream_output(home, job_id, follow=False):
+    """Yield the log's bytes; with follow, keep yielding until the job is no longer pending
+    or running (then the rest of the log)."""
+    if not ID_RE.match(job_id) or (not home.spool.find(job_id) and
+                                   not os.path.exists(home.spool.output_path(job_id))):
+        raise JobNotFound(f"no job with id {job_id!r} in {home.spool_dir}")
+    path = home.spool.output_path(job_id)
+    offset = 0
+    while True:
+        states = home.spool.find(job_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            try:
+                while True:
+                    chunk = os.pread(fd, 65536, offset)
+                    if not chunk:
+                        break
+                    offset += len(chunk)
+                    yield chunk
+            finally:
+                os.close(fd)
+        if not follow or not any(s in RUNNING_STATES for s in states):
+            return
+        time.sleep(FOLLOW_POLL_SECONDS)

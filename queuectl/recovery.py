@@ -1,0 +1,21 @@
+"""On-demand recovery of processing/ (`queuectl recover`); workers do the same at start and
+every few seconds. See lifecycle.recover for the rules."""
+
+from . import job as jobmod
+from . import lifecycle
+
+
+def recover_all(home):
+    """Recover every unowned file in processing/; returns [{id, result}] for what changed."""
+    now = home.clock()
+    done = []
+    for name in home.spool.names("processing"):
+        job_id = name[:-len(jobmod.JOB_SUFFIX)]
+        result = lifecycle.recover(home, job_id, now)
+        if result is not None:
+            label = {"leftover": "deleted a leftover copy (the job had already moved on)",
+                     "failed": "worker died: attempt counted, moved to failed (will retry)",
+                     "dead": "worker died: retries exhausted, moved to dead",
+                     "rejected": "unreadable: moved to rejected"}.get(result, result)
+            done.append({"id": job_id, "result": label, "state": result})
+    return done

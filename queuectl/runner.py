@@ -1,0 +1,194 @@
+"""Running one job's command: /bin/sh -c in its own session and process group, in the job's
+directory, output appended to spool/output/<id>.log with a header and footer per attempt.
+
+Invariants: the child inherits the locked job fd (so the job file stays locked until the job
+itself exits, even if the worker is SIGKILLed) and gets PR_SET_PDEATHSIG so it dies with its
+worker where Linux allows. Killing always targets the whole process group, and a kill waits
+until no member of the group is left. Spawn failures become a Result, never an exception."""
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+KILL_GRACE_SECONDS = 5
+_libc = None
+
+
+def _die_with_parent():
+    """Runs in the child between fork and exec: ask the kernel for SIGKILL when the worker
+    (the forking thread) dies, so a SIGKILLed worker does not leave its job running."""
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _load_libc():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
+@dataclass
+class Result:
+    exit_code: int = None      # the shell's exit status, when it exited
+    signal: int = None         # the signal that ended it, when one did
+    duration_s: float = 0.0
+    error: str = None          # None on success; else a one-line reason
+    timed_out: bool = False
+    stopped: bool = False      # killed because the worker was stopping
+
+    @property
+    def ok(self):
+        return self.error is None
+
+
+def open_log(path):
+    """Append-only output log; never follows a symlink planted in output/."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o600)
+
+
+class RunningJob:
+    def __init__(self, command, cwd, env, lock_fd, log_path, header):
+        _load_libc()
+        self.log_fd = open_log(log_path)
+        os.write(self.log_fd, header.encode("utf-8", "replace"))
+        self.log_start = os.lseek(self.log_fd, 0, os.SEEK_END)
+        self.started = time.monotonic()
+        self.proc = None
+        self.pidfd = None
+        self.spawn_error = None
+        self.timed_out = False
+        self.stopped = False
+        try:
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=self.log_fd, stderr=self.log_fd, pass_fds=(lock_fd,),
+                start_new_session=True, preexec_fn=_die_with_parent if _libc else None)
+        except OSError as exc:
+            self.spawn_error = f"cannot start: {exc.strerror}: {exc.filename or cwd}"
+            os.write(self.log_fd, f"{self.spawn_error}\n".encode())
+            return
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None    # fall back to short waits
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def poll(self):
+        return self.proc.poll() if self.proc else -1
+
+    def signal_group(self, signum):
+        try:
+            os.killpg(self.proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill_group(self, grace=KILL_GRACE_SECONDS):
+        """SIGTERM the whole group, SIGKILL whatever is left after `grace` seconds, and
+        wait until the group is empty (no grandchild survives)."""
+        if not self.proc:
+            return
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(self.proc.pid):
+            self.proc.poll()
+            time.sleep(0.02)
+        self.signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            self.proc.poll()
+            time.sleep(0.01)
+        self.proc.wait()
+
+    def finish(self, worker_label):
+        """Reap the child, append the footer, close the log; returns the Result."""
+        duration = time.monotonic() - self.started
+        if self.spawn_error:
+            result = Result(exit_code=127, duration_s=duration, error=self.spawn_error)
+        else:
+            code = self.proc.wait()
+            result = _result(code, duration, self.timed_out, self.stopped)
+            if not result.ok and not result.timed_out and not result.stopped:
+                tail = self._last_line()
+                if tail:
+                    result.error = f"{result.error}: {tail}"
+        outcome = "ok" if result.ok else result.error
+        footer = f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n"
+        try:
+            os.write(self.log_fd, footer.encode("utf-8", "replace"))
+        finally:
+            os.close(self.log_fd)
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+        return result
+
+    def _last_line(self):
+        """The last line this attempt printed: the shell's own message for 126/127."""
+        end = os.lseek(self.log_fd, 0, os.SEEK_END)
+        start = max(self.log_start, end - 400)
+        if end <= start:
+            return ""
+        text = os.pread(self.log_fd, end - start, start).decode("utf-8", "replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
+
+
+def _result(code, duration, timed_out, stopped):
+    if timed_out:
+        return Result(exit_code=code, duration_s=duration, timed_out=True,
+                      signal=-code if code < 0 else None, error=f"timed out after {duration:.1f}s")
+    if stopped:
+        return Result(exit_code=code, duration_s=duration, stopped=True,
+                      error="stopped with its worker")
+    if code == 0:
+        return Result(exit_code=0, duration_s=duration)
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return Result(signal=-code, duration_s=duration, error=f"killed by {name}")
+    return Result(exit_code=code, duration_s=duration, error=f"exit code {code}")
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def header(job_id, attempt, worker_label, now_text):
+    return f"=== queuectl {job_id} attempt {attempt} at {now_text} on {worker_label}\n"
+
+
+def job_environment(job_id, attempt, home):
+    env = dict(os.environ)
+    env.update(QUEUECTL_JOB_ID=job_id, QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_HOME=home)
+    return env
+
+
+def process_stats(proc_cache={}):
+    """(cpu percent since the last call, rss bytes) of this process, via psutil."""
+    import psutil
+    me = proc_cache.get("me")
+    if me is None:
+        me = proc_cache["me"] = psutil.Process()
+        me.cpu_percent(None)
+    with me.oneshot():
+        return me.cpu_percent(None), me.memory_info().rss
+
+
+HOSTNAME = socket.gethostname()

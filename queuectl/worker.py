@@ -1,0 +1,297 @@
+"""The worker: `run_once()` takes and runs at most one job; `loop()` is a thin loop around it
+that sleeps until inotify, the next due time, a settle deadline or the poll timer says look.
+
+Invariants: a job is only run under its flock, claimed by rename into processing/; every
+state change goes through lifecycle; signal handlers only set flags (and wake the loop
+through the self-pipe). SIGTERM/SIGINT: stop claiming, let the running job finish within
+shutdown_timeout, then kill its group and requeue it without counting an attempt. SIGUSR1:
+the same, without waiting. Correct with no inotify events at all: the poll timer rescans."""
+
+import logging
+import os
+import select
+import signal
+import time
+
+from . import job as jobmod
+from . import lifecycle, runner, watcher
+from .errors import InvalidJob
+from .ingest import examine, handle_bad, settle_deadline
+from .picker import Picker
+from .spool import NotAJobFile, is_candidate
+
+log = logging.getLogger("queuectl")
+HEARTBEAT_SECONDS = 2
+RECOVERY_SECONDS = 5
+TAKE_FROM = ("pending", "failed")
+
+
+class Worker:
+    def __init__(self, home, supervisor=None):
+        self.home = home
+        self.clock = home.clock
+        self.supervisor = supervisor
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.worker_id = f"{runner.HOSTNAME}-{self.pid}-{int(self.started_at)}"
+        self.label = f"worker {runner.HOSTNAME}:{self.pid}"
+        self.picker = Picker()
+        self.wakeup = watcher.Wakeup()
+        self.watch = None
+        self.unsettled = {}        # (state, name) -> when to look again
+        self.stopping = False
+        self.stop_now = False
+        self.current = None
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.next_scan = 0.0
+        self.next_recovery = 0.0
+        self.next_heartbeat = 0.0
+
+    # ---- control --------------------------------------------------------------------------
+    def request_stop(self, immediately=False):
+        self.stopping = True
+        self.stop_now = self.stop_now or immediately
+
+    def _on_signal(self, signum, frame):
+        self.request_stop(immediately=(signum == signal.SIGUSR1))
+
+    def install_signals(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+        signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
+
+    # ---- finding work -----------------------------------------------------------------------
+    def consider(self, state, name, now):
+        """Look at one file in pending/ or failed/ and remember it if it is a job."""
+        verdict = examine(self.home, state, name, now)
+        stem = name[:-len(jobmod.JOB_SUFFIX)]
+        self.unsettled.pop((state, name), None)
+        if verdict.doc is not None:
+            self.picker.add(state, stem, verdict.doc.get("priority", 0),
+                            lifecycle._due(verdict.doc))
+            return
+        self.picker.forget(state, stem)
+        if not handle_bad(self.home, state, name, verdict, now):
+            self.unsettled[(state, name)] = settle_deadline(verdict, self.home)
+
+    def full_scan(self, now):
+        """Re-list pending/ and failed/: forget what vanished, consider what is new."""
+        for state in TAKE_FROM:
+            names = self.home.spool.names(state)
+            present = {name[:-len(jobmod.JOB_SUFFIX)] for name in names}
+            for key in self.picker.keys(state):
+                if key[1] not in present:
+                    self.picker.forget(*key)
+            for name in names:
+                if (state, name[:-len(jobmod.JOB_SUFFIX)]) not in self.picker:
+                    self.consider(state, name, now)
+        self.picker.compact()
+
+    def _events(self, now):
+        names, overflowed = self.wakeup.drain()
+        if overflowed:
+            self.next_scan = 0.0
+        for state, name in names:
+            if state in TAKE_FROM and is_candidate(name):
+                self.consider(state, name, now)
+
+    def _housekeeping(self, now):
+        self._events(now)
+        if now >= self.next_scan:
+            self.home.reload_settings()
+            if self.watch is not None and not self.watch.alive():
+                log.warning("%s: inotify watcher stopped; polling from now on", self.label)
+                self.watch = None
+            if now >= self.next_recovery:
+                self.recover(now)
+                self.next_recovery = now + RECOVERY_SECONDS
+            self.full_scan(now)
+            self.next_scan = now + self.home.settings.worker_poll_interval
+        for key, deadline in list(self.unsettled.items()):
+            if deadline <= now:
+                self.consider(key[0], key[1], now)
+        if now >= self.next_heartbeat:
+            self.heartbeat()
+
+    def recover(self, now):
+        """Recover orphans in processing/ (their worker died); see lifecycle.recover."""
+        for name in self.home.spool.names("processing"):
+            job_id = name[:-len(jobmod.JOB_SUFFIX)]
+            if job_id == self.current:
+                continue
+            try:
+                state = lifecycle.recover(self.home, job_id, now)
+            except OSError as exc:
+                log.error("recovery of %s failed: %s", job_id, exc)
+                continue
+            if state in TAKE_FROM:
+                self.consider(state, name, now)
+
+    # ---- one step ---------------------------------------------------------------------------
+    def run_once(self):
+        """Take the best ready job and run it to its next state. True if a job was taken
+        (run, rejected or found a duplicate), False if there was nothing to do."""
+        now = self.clock()
+        self._housekeeping(now)
+        if self.stopping or self.home.spool.is_paused():
+            return False
+        while True:
+            candidate = self.picker.pop_ready(now)
+            if candidate is None:
+                return False
+            try:
+                held = lifecycle.claim(self.home, candidate.state, candidate.job_id)
+            except NotAJobFile:
+                self.consider(candidate.state, candidate.job_id + jobmod.JOB_SUFFIX, now)
+                continue
+            if held is not None:
+                return self._take(held, now)
+
+    def _take(self, held, now):
+        try:
+            doc = lifecycle.parse_claimed(self.home, held, now)
+        except (InvalidJob, NotAJobFile) as exc:
+            if now - held.st.st_mtime < self.home.settings.settle_seconds:
+                # A writer may still be at work on it in place: put it back, look later.
+                lifecycle.unclaim(self.home, held)
+                name = held.job_id + jobmod.JOB_SUFFIX
+                self.unsettled[(held.origin, name)] = held.st.st_mtime + \
+                    self.home.settings.settle_seconds
+                return False
+            lifecycle.reject_claimed(self.home, held, str(exc), now)
+            return True
+        due = lifecycle._due(doc)
+        if due > now:
+            lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
+            self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
+            return False
+        elsewhere = [s for s in self.home.spool.find(held.job_id) if s != "processing"]
+        if elsewhere:
+            lifecycle.reject_claimed(self.home, held, f"duplicate id: {held.job_id!r} is "
+                                     f"already in {elsewhere[0]}/", now)
+            return True
+        self._run(held, doc)
+        return True
+
+    def _run(self, held, doc):
+        home = self.home
+        attempt = doc.get("attempts", 0) + 1
+        started = time.time()
+        self.current = doc["id"]
+        lifecycle.mark_running(home, doc, self.worker_id)
+        running = runner.RunningJob(
+            doc["command"], doc.get("cwd") or home.home,
+            runner.job_environment(doc["id"], attempt, home.home), held.fd,
+            home.spool.output_path(doc["id"]),
+            runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
+        timeout = doc.get("timeout") or home.settings.job_timeout
+        self._wait(running, timeout)
+        result = running.finish(self.label)
+        now = self.clock()
+        self.current = None
+        if result.stopped:
+            lifecycle.requeue(home, held, doc, now)
+            outcome = "requeued"
+        elif result.ok:
+            lifecycle.complete(home, held, doc, result, now)
+            self.jobs_done += 1
+            outcome = "completed"
+        else:
+            state = lifecycle.fail(home, held, doc, result.error, result.exit_code,
+                                   result.duration_s, now)
+            self.jobs_failed += 1
+            outcome = "dead" if state == "dead" else "failed"
+            if state == "failed":
+                self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
+        wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
+        home.index_safely("metrics", home.index.record_outcome, outcome, now, wait_s,
+                          result.duration_s)
+
+    def _wait(self, running, timeout):
+        """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
+        shutdown deadline by killing its whole process group."""
+        deadline = running.started + timeout if timeout else None
+        stop_deadline = None
+        while running.poll() is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                running.timed_out = True
+                running.kill_group()
+                return
+            if self.stopping and stop_deadline is None:
+                stop_deadline = now + float(self.home.settings.shutdown_timeout)
+            if self.stop_now or (stop_deadline is not None and now >= stop_deadline):
+                running.stopped = True
+                running.kill_group()
+                return
+            if self.clock() >= self.next_heartbeat:
+                self.heartbeat()
+            limits = [1.0, self.next_heartbeat - self.clock()]
+            limits += [t - now for t in (deadline, stop_deadline) if t is not None]
+            fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
+            select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
+                          else min(0.01, max(0.0, min(limits))))
+            self.wakeup.clear()
+
+    # ---- heartbeat and loop -----------------------------------------------------------------
+    def heartbeat(self, state=None):
+        self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+        try:
+            cpu, rss = runner.process_stats()
+        except Exception:
+            cpu, rss = None, None
+        record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
+                  "started_at": self.started_at, "heartbeat_at": time.time(),
+                  "current_job": self.current, "jobs_done": self.jobs_done,
+                  "jobs_failed": self.jobs_failed, "cpu_percent": cpu, "rss_bytes": rss,
+                  "supervisor": self.supervisor,
+                  "state": state or ("stopping" if self.stopping else
+                                     "busy" if self.current else "idle")}
+        self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+
+    def _idle_timeout(self, now):
+        limits = [self.next_scan - now, self.next_heartbeat - now]
+        due = self.picker.next_due()
+        if due is not None:
+            limits.append(due - now)
+        limits.extend(d - now for d in self.unsettled.values())
+        return max(0.0, min(limits))
+
+    def loop(self):
+        """Run until asked to stop. Returns the process exit code."""
+        home = self.home
+        home.spool.ensure_layout()
+        self.watch = watcher.start([home.spool.dir(s) for s in TAKE_FROM] + [home.spool_dir],
+                                   self.wakeup)
+        log.info("%s started (%s)", self.label,
+                 "inotify" if self.watch else "polling, inotify unavailable")
+        try:
+            while not self.stopping:
+                if self.run_once():
+                    continue
+                if self.stopping:
+                    break
+                select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
+            home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
+            log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
+                     self.jobs_failed)
+        return 0
+
+
+def _ts(stamp):
+    try:
+        return jobmod.parse_time(stamp) if stamp else 0.0
+    except ValueError:
+        return 0.0
+
+
+def run_worker(home, supervisor=None):
+    """Entry point for a worker process (after fork or from `worker run`)."""
+    home.configure_logging("worker")
+    worker = Worker(home, supervisor)
+    worker.install_signals()
+    return worker.loop()
