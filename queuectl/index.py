@@ -190,7 +190,8 @@ class Index:
         if name is not None:
             rows = self.db.execute("SELECT * FROM rejected WHERE name=?", (name,))
         else:
-            rows = self.db.execute("SELECT * FROM rejected ORDER BY rejected_at DESC LIMIT ?",
+            rows = self.db.execute("SELECT * FROM rejected ORDER BY rejected_at DESC, name DESC "
+                                   "LIMIT ?",
                                    (-1 if limit is None else int(limit),))
         return [dict(zip(cols, r)) for r in rows]
 

@@ -16,7 +16,7 @@ from . import job as jobmod
 from . import lifecycle
 from .errors import InvalidJob
 from .index import job_row
-from .spool import JOB_STATES, NotAJobFile, display_name
+from .spool import JOB_STATES, REASON_SUFFIX, NotAJobFile, display_name
 
 RACY_SECONDS = 3
 
@@ -64,8 +64,20 @@ def handle_bad(home, state, name, verdict, now):
     if state == "processing":
         return True
     size = verdict.st.st_size if verdict.st else None
-    lifecycle.reject(home, state, name, verdict.reason, size, now)
+    _reject(home, state, name, verdict.reason, size, now)
     return True
+
+
+def _reject(home, state, name, reason, size, now):
+    """Reject, then index the rejection as a rebuild would see it on disk, so that the
+    incrementally kept index and `reindex` agree."""
+    shown = lifecycle.reject(home, state, name, reason, size, now)
+    if shown is None:
+        return
+    on_disk = [n for n in home.spool.rejected_names() if display_name(n) == shown]
+    if on_disk:
+        home.index_safely("reject", home.index.upsert_rejected,
+                          [_rejected_row(home.spool, on_disk[0])])
 
 
 def _row(verdict, state):
@@ -100,8 +112,8 @@ def _sync_state(home, state, now):
             continue
         dup = _duplicate_of(home, stem, state) if state == "pending" else None
         if dup:
-            lifecycle.reject(home, state, name, f"duplicate id: {stem!r} is already in {dup}/",
-                             verdict.st.st_size, now)
+            _reject(home, state, name, f"duplicate id: {stem!r} is already in {dup}/",
+                    verdict.st.st_size, now)
             continue
         old = index.get(stem)
         if old is None:
@@ -130,16 +142,21 @@ def _resettle(home, job_id, stale_state, now):
         home.index.move_if(job_id, stale_state, _row(verdict, where[0]))
 
 
+def _rejected_row(spool, name):
+    """The index row of rejected/<name> from the disk alone: rejected_at is when its reason
+    was written (a rename keeps the file's own mtime, the drop time), size the file's."""
+    st = spool.lstat("rejected", name)
+    noted = spool.lstat("rejected", name + REASON_SUFFIX) or st
+    return (display_name(name), spool.reject_reason(name) or "rejected (no reason recorded)",
+            jobmod.iso(noted.st_mtime if noted else 0), st.st_size if st else None)
+
+
 def _sync_rejected(home):
     index, spool = home.index, home.spool
     on_disk = {display_name(n): n for n in spool.rejected_names()}
     indexed = index.rejected_names()
-    rows = []
-    for shown, name in on_disk.items():
-        if shown not in indexed:
-            st = spool.lstat("rejected", name)
-            rows.append((shown, spool.reject_reason(name) or "rejected (no reason recorded)",
-                         jobmod.iso(st.st_mtime if st else 0), st.st_size if st else None))
+    rows = [_rejected_row(spool, name) for shown, name in on_disk.items()
+            if shown not in indexed]
     if rows:
         index.upsert_rejected(rows)
     for shown in indexed - set(on_disk):
