@@ -147,7 +147,9 @@ def loads_object(data):
                            parse_constant=_no_constants, parse_float=_finite_float,
                            parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
-        raise InvalidJob(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+        # Some of json's messages already end in "at" ("Unterminated string starting at").
+        message = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+        raise InvalidJob(f"invalid JSON: {message} at line {exc.lineno} column {exc.colno}") \
             from None
     except RecursionError:
         raise InvalidJob("invalid JSON: nested too deeply") from None
