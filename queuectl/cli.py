@@ -150,13 +150,14 @@ def list_cmd(ctx, state, limit, as_json):
       queuectl list --json | jq '.[].id'
     """
     from .queries import list_jobs
-    rows = list_jobs(_home(ctx), state, limit)
+    home = _home(ctx)
+    rows = list_jobs(home, state, limit)
     if as_json:
         _echo_json(rows)
     elif rows:
-        click.echo(render.job_table(rows))
+        click.echo(f"home: {home.home}\n" + render.job_table(rows))
     else:
-        click.echo(f"no {state + ' ' if state else ''}jobs")
+        click.echo(f"no {state + ' ' if state else ''}jobs in {home.home}")
 
 
 def _workers(home):
@@ -218,11 +219,13 @@ def dlq():
 def dlq_list(ctx, as_json):
     """List dead jobs, newest first, with their last error."""
     from .queries import list_jobs
-    rows = list_jobs(_home(ctx), "dead")
+    home = _home(ctx)
+    rows = list_jobs(home, "dead")
     if as_json:
         _echo_json(rows)
     else:
-        click.echo(render.job_table(rows) if rows else "the dead letter queue is empty")
+        click.echo(f"home: {home.home}\n" + render.job_table(rows) if rows else
+                   f"the dead letter queue of {home.home} is empty")
 
 
 def _report(outcomes, as_json):

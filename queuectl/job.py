@@ -23,7 +23,7 @@ KNOWN_FIELDS = ("id", "command", "cwd", "timeout", "exit_code", "last_error", "d
                 *INT_FIELDS, *TIME_FIELDS)
 # A `state` key in a dropped file is ignored: the directory is the state.
 IGNORED_FIELDS = ("state",)
-PRIORITY_LIMIT = 2**31
+PRIORITY_LIMIT = 2**31 - 1
 MAX_RETRIES_LIMIT = 1000
 
 
@@ -274,8 +274,9 @@ def validate(job, stem=None):
 def complete(job, defaults, now):
     """Fill the fields a minimal (dropped) job leaves out, so the file says everything.
     `defaults` maps max_retries and created_at; existing values are never replaced."""
-    job.setdefault("priority", 0)
-    job.setdefault("attempts", 0)
+    for name in ("priority", "attempts"):
+        if job.get(name) is None:
+            job[name] = 0
     if job.get("max_retries") is None:
         job["max_retries"] = defaults["max_retries"]
     if job.get("created_at") is None:

@@ -5,7 +5,11 @@ Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>.json with 
 its process start time, so a reused pid is never mistaken for it. Workers are forked from the
 supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
 killed supervisor's workers stop gracefully. A worker that dies is restarted, with a delay
-that doubles while it keeps dying young (a crash loop does not spin)."""
+that doubles while it keeps dying young (a crash loop does not spin).
+
+Jobs die with their worker: each worker reports its running job's process group on a pipe,
+and the supervisor, which is the child subreaper of everything below it, kills that group
+when the worker dies (the job's flock then frees and recovery retries it)."""
 
 import json
 import logging
@@ -58,6 +62,9 @@ class Supervisor:
         self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
         self.record_path = os.path.join(_records_dir(home), self.supervisor_id + ".json")
         self.children = {}          # pid -> fork time
+        self.job_groups = {}        # worker pid -> its running job's process group
+        self.report_r, self.report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._report_buffer = b""
         self.restart_delay = 0.5
         self.next_start = 0.0
         self.stopping = False
@@ -90,13 +97,12 @@ class Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
-                runner._load_libc()
-                if runner._libc:
-                    runner._libc.prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+                runner.prctl(runner.PR_SET_PDEATHSIG, signal.SIGTERM)
                 if os.getppid() != self.pid:
                     os._exit(0)            # the supervisor died before prctl took effect
+                os.close(self.report_r)
                 home = Home(self.home.home, self.home.spool_dir, self.home.data_dir)
-                code = run_worker(home, self.supervisor_id)
+                code = run_worker(home, self.supervisor_id, self._reporter())
             except BaseException:
                 logging.getLogger("queuectl").exception("worker crashed")
             finally:
@@ -105,9 +111,45 @@ class Supervisor:
         log.info("supervisor %s started worker %d", self.supervisor_id, pid)
         return pid
 
+    def _reporter(self):
+        """In a worker: report(pgid) tells the supervisor which job group to kill if this
+        worker dies (0: none). One write of < PIPE_BUF bytes is atomic."""
+        write_fd, me = self.report_w, os.getpid()
+
+        def report(pgid):
+            try:
+                os.write(write_fd, f"{me} {pgid}\n".encode())
+            except OSError:
+                pass
+        return report
+
+    def _read_reports(self):
+        try:
+            while True:
+                chunk = os.read(self.report_r, 65536)
+                if not chunk:
+                    break
+                self._report_buffer += chunk
+        except BlockingIOError:
+            pass
+        *lines, self._report_buffer = self._report_buffer.split(b"\n")
+        for line in lines:
+            worker_pid, pgid = (int(x) for x in line.split())
+            self.job_groups[worker_pid] = pgid
+
+    def _kill_orphaned_job(self, worker_pid):
+        pgid = self.job_groups.pop(worker_pid, 0)
+        if pgid > 0:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+                log.warning("killed job process group %d of dead worker %d", pgid, worker_pid)
+            except ProcessLookupError:
+                pass
+
     def reap(self):
-        """Collect dead workers; back off restarts while they die young."""
-        while self.children:
+        """Collect dead workers (and adopted orphans); kill a dead worker's job; back off
+        restarts while workers die young."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -115,7 +157,11 @@ class Supervisor:
             if pid == 0:
                 return
             born = self.children.pop(pid, None)
-            if born is None or self.stopping:
+            if born is None:
+                continue                   # an adopted orphan, now reaped
+            self._read_reports()
+            self._kill_orphaned_job(pid)
+            if self.stopping:
                 continue
             young = time.monotonic() - born < YOUNG_DEATH_SECONDS
             self.restart_delay = min(self.restart_delay * 2, MAX_RESTART_DELAY) if young \
@@ -129,6 +175,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # wake time.sleep on a death
+        runner.prctl(runner.PR_SET_CHILD_SUBREAPER, 1)
         log.info("supervisor %s starting %d workers", self.supervisor_id, self.count)
         try:
             while not self.stopping:
@@ -140,6 +187,7 @@ class Supervisor:
                     changed = True
                 if changed:
                     self.write_record()
+                self._read_reports()
                 time.sleep(0.2 if len(self.children) < self.count else 1.0)
             self._wait_children()
         finally:
@@ -156,9 +204,9 @@ class Supervisor:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            except InterruptedError:
-                continue
-            self.children.pop(pid, None)
+            if self.children.pop(pid, None) is not None:
+                self._read_reports()
+                self._kill_orphaned_job(pid)
 
 
 def _signal(pid, signum):

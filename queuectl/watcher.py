@@ -64,6 +64,21 @@ class Wakeup:
                 pass
 
 
+def _no_move_pairing_delay():
+    """Watchdog holds every IN_MOVED_FROM for 0.5 s (its `delay` class attribute) to pair it
+    with an IN_MOVED_TO, and its queue is FIFO: each claim (a move out of pending/) would
+    stall the next job's wake-up by half a second. We never use move pairing, so no delay."""
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+        InotifyMoveEventGrouper.delay = 0.0
+    except ImportError:          # watchdog < 5 names it InotifyBuffer
+        try:
+            from watchdog.observers.inotify_buffer import InotifyBuffer
+            InotifyBuffer.delay = 0.0
+        except ImportError:
+            pass
+
+
 class Watch:
     def __init__(self, observer):
         self.observer = observer
@@ -97,6 +112,7 @@ def start(directories, wakeup):
             path = os.fsdecode(path)
             wakeup.notify((os.path.basename(os.path.dirname(path)), os.path.basename(path)))
 
+    _no_move_pairing_delay()
     observer = InotifyObserver()
     try:
         for directory in directories:

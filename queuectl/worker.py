@@ -27,8 +27,9 @@ TAKE_FROM = ("pending", "failed")
 
 
 class Worker:
-    def __init__(self, home, supervisor=None):
+    def __init__(self, home, supervisor=None, report_job=None):
         self.home = home
+        self.report_job = report_job     # tells the supervisor our job's process group
         self.clock = home.clock
         self.supervisor = supervisor
         self.pid = os.getpid()
@@ -186,8 +187,12 @@ class Worker:
             home.spool.output_path(doc["id"]),
             runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
         timeout = doc.get("timeout") or home.settings.job_timeout
+        if self.report_job and running.pid:
+            self.report_job(running.pid)
         self._wait(running, timeout)
         result = running.finish(self.label)
+        if self.report_job and running.pid:
+            self.report_job(0)
         now = self.clock()
         self.current = None
         if result.stopped:
@@ -216,7 +221,7 @@ class Worker:
         while running.poll() is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                running.timed_out = True
+                running.timed_out = timeout
                 running.kill_group()
                 return
             if self.stopping and stop_deadline is None:
@@ -289,9 +294,9 @@ def _ts(stamp):
         return 0.0
 
 
-def run_worker(home, supervisor=None):
+def run_worker(home, supervisor=None, report_job=None):
     """Entry point for a worker process (after fork or from `worker run`)."""
     home.configure_logging("worker")
-    worker = Worker(home, supervisor)
+    worker = Worker(home, supervisor, report_job)
     worker.install_signals()
     return worker.loop()
