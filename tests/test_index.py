@@ -1,0 +1,175 @@
+"""queuectl.index: the SQLite index (WAL, busy timeout), its job rows and orderings, the
+rejected table, config, and recovery from a database SQLite cannot read."""
+
+import os
+import sqlite3
+
+import pytest
+
+from queuectl import job as jobmod
+from queuectl.index import Index, job_row
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = Index(str(tmp_path / "data" / "queue.db"))
+    yield idx
+    idx.close()
+
+
+def row(job_id, state="pending", priority=0, created=T0, updated=None, run_at=None, **more):
+    doc = {"id": job_id, "command": f"echo {job_id}", "priority": priority, "attempts": 0,
+           "max_retries": 3, "created_at": jobmod.iso(created),
+           "updated_at": jobmod.iso(updated if updated is not None else created), **more}
+    if run_at is not None:
+        doc["run_at"] = jobmod.iso(run_at)
+    return job_row(doc, state, jobmod.due_time(doc))
+
+
+def ids(rows):
+    return [r["id"] for r in rows]
+
+
+def test_database_is_wal_with_a_busy_timeout(index, tmp_path):
+    index.counts()
+    assert os.path.isfile(tmp_path / "data" / "queue.db")
+    assert index.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert index.db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    other = sqlite3.connect(tmp_path / "data" / "queue.db")
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+
+
+def test_upsert_get_and_counts(index):
+    index.upsert([row("a"), row("b"), row("c", "dead")])
+    assert index.get("a")["state"] == "pending" and index.get("a")["command"] == "echo a"
+    assert index.get("nope") is None
+    assert index.counts() == {"pending": 2, "dead": 1}
+    index.upsert([row("a", "completed", exit_code=0)])
+    assert index.get("a")["state"] == "completed" and index.get("a")["exit_code"] == 0
+    assert index.counts() == {"pending": 1, "completed": 1, "dead": 1}
+
+
+def test_pending_list_is_in_take_order(index):
+    index.upsert([row("low-old", priority=0, created=T0),
+                  row("high-new", priority=5, created=T0 + 10),
+                  row("low-new", priority=0, created=T0 + 5),
+                  row("high-old", priority=5, created=T0 + 1),
+                  row("low-scheduled-early", priority=0, created=T0 + 20, run_at=T0 + 2),
+                  row("negative", priority=-1, created=T0 - 100)])
+    assert ids(index.list("pending")) == ["high-old", "high-new", "low-old",
+                                          "low-scheduled-early", "low-new", "negative"]
+    assert ids(index.list("pending", limit=2)) == ["high-old", "high-new"]
+
+
+def test_other_states_list_newest_first_and_all_states_put_pending_first(index):
+    index.upsert([row("d-old", "dead", updated=T0), row("d-new", "dead", updated=T0 + 9),
+                  row("c-mid", "completed", updated=T0 + 5),
+                  row("p2", priority=0, created=T0 + 1), row("p1", priority=1, created=T0 + 2)])
+    assert ids(index.list("dead")) == ["d-new", "d-old"]
+    assert ids(index.list()) == ["p1", "p2", "d-new", "c-mid", "d-old"]
+    assert ids(index.list(limit=3)) == ["p1", "p2", "d-new"]
+
+
+def test_list_queries_use_the_indexes(index):
+    """`list --state pending --limit 50` must stay fast at 100,000 jobs: the take order is
+    read straight off an index, never sorted in a temporary b-tree."""
+    index.counts()
+    plan = " ".join(str(r) for r in index.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='pending' "
+        "ORDER BY priority DESC, due_ts, id LIMIT 50"))
+    assert "USING INDEX jobs_take_order" in plan or "USING COVERING INDEX" in plan
+    assert "TEMP B-TREE" not in plan
+    recent = " ".join(str(r) for r in index.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='dead' "
+        "ORDER BY updated_at DESC LIMIT 50"))
+    assert "jobs_recent" in recent
+
+
+def test_insert_new_leaves_fresher_rows_alone(index):
+    index.upsert([row("a", "processing")])
+    index.insert_new([row("a", "pending"), row("b", "pending")])
+    assert index.get("a")["state"] == "processing"
+    assert index.get("b")["state"] == "pending"
+
+
+def test_move_if_and_delete_if_are_compare_and_set(index):
+    index.upsert([row("a", "pending")])
+    index.move_if("a", "failed", row("a", "dead"))       # stale expectation: no change
+    assert index.get("a")["state"] == "pending"
+    index.move_if("a", "pending", row("a", "dead"))
+    assert index.get("a")["state"] == "dead"
+    index.delete_if("a", "pending")
+    assert index.get("a") is not None
+    index.delete_if("a", "dead")
+    assert index.get("a") is None
+
+
+def test_ready_summary_splits_ready_and_scheduled(index):
+    index.upsert([row("r1", created=T0 - 30), row("r2", created=T0 - 10),
+                  row("s1", created=T0 - 50, run_at=T0 + 60), row("x", "dead")])
+    ready, scheduled, oldest = index.ready_summary(T0)
+    assert (ready, scheduled, oldest) == (2, 1, T0 - 30)
+
+
+def test_rejected_rows(index):
+    index.upsert_rejected([("b.json", "why b", "2027-01-01T00:00:00.000000Z", 3),
+                           ("a.json", "why a", "2027-01-02T00:00:00.000000Z", 4)])
+    assert [r["name"] for r in index.rejected()] == ["a.json", "b.json"]
+    assert index.rejected("b.json") == [{"name": "b.json", "reason": "why b",
+                                         "rejected_at": "2027-01-01T00:00:00.000000Z",
+                                         "size": 3}]
+    assert index.rejected_count() == 2
+    index.delete_rejected("a.json")
+    assert index.rejected_names() == {"b.json"}
+
+
+def test_config_values_keep_their_json_types(index):
+    index.set_config("max_retries", 5)
+    index.set_config("job_timeout", None)
+    index.set_config("backoff_base", 1.5)
+    assert index.config() == {"max_retries": 5, "job_timeout": None, "backoff_base": 1.5}
+    index.unset_config("max_retries")
+    assert "max_retries" not in index.config()
+
+
+def test_clear_jobs_keeps_config(index):
+    index.set_config("max_retries", 7)
+    index.upsert([row("a")])
+    index.upsert_rejected([("x.json", "why", "t", 1)])
+    index.clear_jobs()
+    assert index.counts() == {} and index.rejected_count() == 0
+    assert index.config() == {"max_retries": 7}
+
+
+def test_transaction_rolls_back_on_error(index):
+    with pytest.raises(RuntimeError):
+        with index.transaction():
+            index.upsert([row("a")])
+            raise RuntimeError("boom")
+    assert index.get("a") is None
+
+
+def test_a_database_sqlite_cannot_read_is_moved_aside(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "queue.db").write_bytes(b"this is not a database" * 100)
+    idx = Index(str(data / "queue.db"))
+    assert idx.counts() == {}
+    idx.close()
+    aside = [n for n in os.listdir(data) if n.startswith("queue.db.corrupt-")]
+    assert len(aside) == 1
+    assert (data / aside[0]).read_bytes() == b"this is not a database" * 100
+
+
+def test_two_connections_see_each_others_writes(tmp_path):
+    path = str(tmp_path / "data" / "queue.db")
+    one, two = Index(path), Index(path)
+    one.upsert([row("a")])
+    assert two.get("a")["id"] == "a"
+    two.upsert([row("a", "dead")])
+    assert one.get("a")["state"] == "dead"
+    one.close()
+    two.close()
