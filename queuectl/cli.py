@@ -161,24 +161,31 @@ def list_cmd(ctx, state, limit, as_json):
 
 
 def _workers(home):
-    """Worker rows for status; the pool module imports psutil, so only when it exists."""
-    from . import pool
-    return pool.worker_rows(home)
+    """Worker rows for status (imports psutil, so only for commands that show workers)."""
+    from .metrics import worker_rows
+    return worker_rows(home)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--ages", is_flag=True, help="Ready jobs per age bucket (like Postfix's qshape).")
 @click.pass_context
-def status(ctx, as_json):
+def status(ctx, as_json, ages):
     """Show counts per state, the ready backlog and the workers.
 
     \b
     Example:
       queuectl status
+      queuectl status --ages
       queuectl --home /srv/queue status --json
     """
     from .queries import status as status_report
     home = _home(ctx)
+    if ages:
+        from .metrics import ages as age_buckets
+        rows = age_buckets(home)
+        click.echo(render.to_json(rows) if as_json else render.ages_text(rows, home.home))
+        return
     report = status_report(home, _workers(home))
     click.echo(render.to_json(report) if as_json else render.status_text(report))
 
@@ -318,6 +325,173 @@ def reindex(ctx):
     total = sum(counts.values())
     detail = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
     click.echo(f"reindexed {total} jobs from {home.spool_dir}" + (f" ({detail})" if detail else ""))
+
+
+# ---- metrics and queue control -------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (keys in "
+              "docs/operations.md).")
+@click.option("--prometheus", is_flag=True, help="Prometheus text exposition format.")
+@click.option("--watch", "watch_seconds", type=click.FloatRange(min=0.2), is_flag=False,
+              flag_value=2.0, default=None, metavar="[SECONDS]",
+              help="Refresh in place every SECONDS (default 2) until Ctrl-C.")
+@click.pass_context
+def metrics(ctx, as_json, prometheus, watch_seconds):
+    """Show what the queue is doing: backlog, throughput (1/5/15 min), queue
+    wait and run time percentiles, outcome totals, DLQ size and a table of
+    workers with heartbeat, CPU and memory.
+
+    \b
+    Examples:
+      queuectl metrics
+      queuectl metrics --watch 1
+      queuectl metrics --prometheus > /var/lib/node_exporter/queuectl.prom
+    """
+    from . import metrics as metricsmod
+    if as_json and prometheus:
+        raise click.UsageError("choose one of --json and --prometheus")
+    home = _home(ctx)
+
+    def render_once():
+        report = metricsmod.report(home, metricsmod.worker_rows(home))
+        if as_json:
+            return render.to_json(report)
+        return render.prometheus_text(report).rstrip("\n") if prometheus else \
+            render.metrics_text(report)
+    if watch_seconds is None:
+        click.echo(render_once())
+        return
+    import time
+    try:
+        while True:
+            text = render_once()
+            click.echo("\x1b[H\x1b[2J" + text + f"\n\n(every {watch_seconds:g}s; Ctrl-C to stop)")
+            time.sleep(watch_seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--running", is_flag=True,
+              help="Also cancel running jobs: kill their process group first.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-id results as JSON.")
+@click.pass_context
+def cancel(ctx, ids, running, as_json):
+    """Cancel jobs: pending, scheduled or failed jobs move to the dead letter
+    queue with last_error "cancelled" (queuectl dlq retry brings them back).
+    Running jobs are refused unless --running. Reports per id; exits 1 if
+    any id failed.
+
+    \b
+    Example:
+      queuectl cancel job-1 job-2
+      queuectl cancel --running long-job
+    """
+    from .control import cancel as cancel_jobs
+    _report(cancel_jobs(_home(ctx), list(ids), running), as_json)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print per-id results as JSON.")
+@click.pass_context
+def retry(ctx, ids, as_json):
+    """Run failed jobs now instead of waiting for their backoff (attempts are
+    kept). For dead jobs use `queuectl dlq retry`.
+
+    \b
+    Example:
+      queuectl retry job-7
+    """
+    from .control import retry_now
+    _report(retry_now(_home(ctx), list(ids)), as_json)
+
+
+@main.command()
+@click.pass_context
+def pause(ctx):
+    """Stop workers from claiming new jobs (running jobs go on). Creates the
+    plain file spool/PAUSED, so `touch spool/PAUSED` does the same.
+
+    \b
+    Example:
+      queuectl pause && queuectl status
+    """
+    home = _home(ctx)
+    home.spool.set_paused(True)
+    click.echo(f"paused: workers stop claiming within one poll interval "
+               f"({home.spool_dir}/PAUSED exists)")
+
+
+@main.command()
+@click.pass_context
+def resume(ctx):
+    """Let workers claim jobs again (removes spool/PAUSED).
+
+    \b
+    Example:
+      queuectl resume
+    """
+    home = _home(ctx)
+    was = home.spool.is_paused()
+    home.spool.set_paused(False)
+    click.echo("resumed" if was else "the queue was not paused")
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many "
+              "seconds (exit 124).")
+@click.option("--json", "as_json", is_flag=True, help="Print {id: state} as JSON.")
+@click.pass_context
+def wait(ctx, ids, timeout, as_json):
+    """Block until the jobs are completed or dead. Exit 0 if all completed,
+    1 if any is dead (or an id is unknown), 124 on timeout.
+
+    \b
+    Example:
+      id=$(queuectl enqueue '{"command": "make build"}') && queuectl wait "$id"
+    """
+    from .control import wait as wait_jobs
+    states = wait_jobs(_home(ctx), list(ids), timeout)
+    if as_json:
+        _echo_json(states)
+    else:
+        click.echo("\n".join(f"{i}: {s}" for i, s in states.items()))
+    if any(s != "completed" for s in states.values()):
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.option("--state", type=click.Choice(["completed", "dead", "rejected"]), required=True,
+              help="Which directory to clean.")
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Only files older than this: 30s, 10m, 12h, 7d.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deleted names as JSON.")
+@click.pass_context
+def purge(ctx, state, older_than, as_json):
+    """Delete old job files (and their output logs) from completed/, dead/ or
+    rejected/. Workers also purge completed jobs past config
+    completed_retention on their own.
+
+    \b
+    Example:
+      queuectl purge --state completed --older-than 7d
+    """
+    from .control import purge as purge_jobs
+    from .job import parse_duration
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than")
+    names = purge_jobs(_home(ctx), state, seconds)
+    if as_json:
+        _echo_json(names)
+    else:
+        click.echo(f"purged {len(names)} {state} job{'s' if len(names) != 1 else ''} "
+                   f"older than {older_than}")
 
 
 # ---- workers --------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 returns one Outcome per id, so one bad id never hides what happened to the others. Every
 state change goes through a claim and a lifecycle move."""
 
+import logging
+import time
 from dataclasses import dataclass
 
 from . import job as jobmod
@@ -9,6 +11,8 @@ from . import lifecycle
 from .errors import InvalidJob, JobNotFound, WrongState
 from .ingest import ingest
 from .spool import NotAJobFile
+
+log = logging.getLogger("queuectl")
 
 
 @dataclass
@@ -71,3 +75,94 @@ def dlq_retry(home, ids=None):
         _apply(home, job_id, ("dead",), "retried from the DLQ", lifecycle.revive)
         return "moved to pending (attempts reset)"
     return for_each(home, ids, action)
+
+
+def retry_now(home, ids):
+    """A failed job waiting for its retry time becomes ready now (attempts kept)."""
+    ingest(home)
+
+    def action(home, job_id):
+        state = _locate(home, job_id, ("failed", "pending", "processing", "completed", "dead"),
+                        "retried")
+        if state != "failed":
+            hint = " (use queuectl dlq retry for dead jobs)" if state == "dead" else ""
+            raise WrongState(f"job {job_id!r} is {state}; only failed jobs waiting for their "
+                             f"retry can be retried now{hint}")
+        _apply(home, job_id, ("failed",), "retried", lifecycle.run_now)
+        return "moved to pending (runs now)"
+    return for_each(home, ids, action)
+
+
+CANCEL_WAIT_SECONDS = 30
+
+
+def cancel(home, ids, running=False):
+    """Move pending, scheduled or failed jobs to dead/ as "cancelled" (retry them from the
+    DLQ). A running job is refused unless `running`: then its worker kills its process group
+    and buries it; we wait until it has left processing/."""
+    ingest(home)
+
+    def action(home, job_id):
+        state = _locate(home, job_id, ("pending", "failed", "processing"), "cancelled")
+        if state != "processing":
+            _apply(home, job_id, ("pending", "failed"), "cancelled", lifecycle.cancel)
+            return f"cancelled (was {state}; now in dead/)"
+        if not running:
+            raise WrongState(f"job {job_id!r} is running; use --running to kill and cancel it")
+        home.spool.request_cancel(job_id)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while "processing" in home.spool.find(job_id):
+            if time.monotonic() > deadline:
+                raise WrongState(f"job {job_id!r} is still running after "
+                                 f"{CANCEL_WAIT_SECONDS}s; is its worker alive? "
+                                 "(queuectl recover)")
+            time.sleep(0.05)
+        home.spool.clear_cancel(job_id)
+        where = home.spool.find(job_id)
+        return f"killed and cancelled (now in {where[0] if where else 'no'} state)"
+    return for_each(home, ids, action)
+
+
+FINAL_STATES = ("completed", "dead")
+
+
+def wait(home, ids, timeout=None, poll=0.1):
+    """Block until every job is completed or dead. Returns {id: state}. JobNotFound for an
+    unknown id; Timeout (exit 124) when `timeout` seconds pass first."""
+    from .errors import Timeout
+    for job_id in ids:
+        if not jobmod.ID_RE.match(job_id) or not home.spool.find(job_id):
+            raise JobNotFound(f"no job with id {job_id!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        states = {}
+        for job_id in ids:
+            where = home.spool.find(job_id)
+            if not where:
+                raise JobNotFound(f"job {job_id!r} disappeared while waiting (purged?)")
+            states[job_id] = next((s for s in where if s in FINAL_STATES), where[0])
+        waiting = [i for i, s in states.items() if s not in FINAL_STATES]
+        if not waiting:
+            return states
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout:g}s waiting for "
+                          f"{', '.join(f'{i} ({states[i]})' for i in waiting)}")
+        time.sleep(poll)
+
+
+PURGEABLE = ("completed", "dead", "rejected")
+
+
+def purge(home, state, older_than_s):
+    """Delete job files (and their output) in completed/, dead/ or rejected/ that have sat
+    there longer than older_than_s seconds. Returns the names deleted."""
+    if state not in PURGEABLE:
+        raise InvalidJob(f"state must be one of: {', '.join(PURGEABLE)}; got {state!r}")
+    cutoff = home.clock() - older_than_s
+    names = home.spool.files_older_than(state, cutoff)
+    for name in names:
+        home.spool.purge(state, name)
+    if names:
+        ingest(home)        # drop the rows of what is gone
+        log.info("purged %d %s jobs older than %gs", len(names), state, older_than_s)
+    return names

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
                "updated_at", "finished_at", "attempts", "max_retries", "timeout",
                "exit_code", "last_error", "duration_s")
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS timings (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, finished_ts REAL NOT NULL, outcome TEXT NOT NULL,
   wait_s REAL, run_s REAL);
 CREATE INDEX IF NOT EXISTS timings_by_time ON timings(finished_ts);
+CREATE TABLE IF NOT EXISTS per_minute (
+  minute INTEGER NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (minute, outcome)) WITHOUT ROWID;
 """
 TIMINGS_KEPT = 20000
 
@@ -241,13 +244,32 @@ class Index:
         self.db.execute("DELETE FROM workers WHERE worker_id=?", (worker_id,))
 
     def record_outcome(self, outcome, finished_ts, wait_s, run_s):
+        """Count an attempt's outcome, keep its timings (a bounded recent window) and add it
+        to its minute's bucket (for throughput over 1, 5 and 15 minutes)."""
+        minute = int(finished_ts // 60)
         with self.transaction():
             self.db.execute("INSERT INTO counters VALUES (?,1) ON CONFLICT(name) DO UPDATE "
                             "SET value=value+1", (outcome,))
-            self.db.execute("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "
-                            "VALUES (?,?,?,?)", (finished_ts, outcome, wait_s, run_s))
-            self.db.execute("DELETE FROM timings WHERE seq <= "
-                            "(SELECT max(seq) FROM timings) - ?", (TIMINGS_KEPT,))
+            self.db.execute("INSERT INTO per_minute VALUES (?,?,1) ON CONFLICT(minute, outcome) "
+                            "DO UPDATE SET n=n+1", (minute, outcome))
+            cur = self.db.execute("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "
+                                  "VALUES (?,?,?,?)", (finished_ts, outcome, wait_s, run_s))
+            if cur.lastrowid % 1000 == 0:     # prune now and then, not on every job
+                self.db.execute("DELETE FROM timings WHERE seq <= ?",
+                                (cur.lastrowid - TIMINGS_KEPT,))
+                self.db.execute("DELETE FROM per_minute WHERE minute < ?", (minute - 1440,))
+
+    def per_minute(self, since_minute):
+        return self.db.execute("SELECT minute, outcome, n FROM per_minute WHERE minute >= ?",
+                               (since_minute,)).fetchall()
+
+    def ready_ages(self, now, edges):
+        """Ready pending jobs per age bucket: counts for [edges[i], edges[i+1]) seconds."""
+        cases = " ".join(f"WHEN ? - due_ts < {float(e)} THEN {i}" for i, e in enumerate(edges))
+        rows = self.db.execute(
+            f"SELECT CASE {cases} ELSE {len(edges)} END AS bucket, count(*) FROM jobs "
+            "WHERE state='pending' AND due_ts<=? GROUP BY bucket", (*[now] * len(edges), now))
+        return dict(rows.fetchall())
 
     def counters(self):
         return dict(self.db.execute("SELECT name, value FROM counters"))

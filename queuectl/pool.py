@@ -19,36 +19,18 @@ import subprocess
 import sys
 import time
 
-import psutil
-
 from . import runner
 from .errors import QueueError
 from .home import Home
-from .worker import HEARTBEAT_SECONDS, run_worker
+from .worker import run_worker
 
 log = logging.getLogger("queuectl")
-STALE_AFTER = 3 * HEARTBEAT_SECONDS
 YOUNG_DEATH_SECONDS = 5
 MAX_RESTART_DELAY = 30
 
 
 def _records_dir(home):
     return home.path("supervisors")
-
-
-def _process_started(pid):
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def is_same_process(host, pid, started_at):
-    """True if (host, pid, start time) names a live process on this host."""
-    if host != runner.HOSTNAME:
-        return None          # unknown: another machine's process
-    created = _process_started(pid)
-    return created is not None and abs(created - started_at) < 1.0
 
 
 # ---- the supervisor ---------------------------------------------------------------------------
@@ -58,7 +40,7 @@ class Supervisor:
         self.home = home
         self.count = count
         self.pid = os.getpid()
-        self.started_at = _process_started(self.pid)
+        self.started_at = runner.process_started(self.pid)
         self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
         self.record_path = os.path.join(_records_dir(home), self.supervisor_id + ".json")
         self.children = {}          # pid -> fork time
@@ -242,7 +224,7 @@ def supervisors(home):
         except (OSError, ValueError):
             continue
         record["path"] = path
-        result.append((record, is_same_process(record.get("host"), record.get("pid", -1),
+        result.append((record, runner.is_same_process(record.get("host"), record.get("pid", -1),
                                                record.get("started_at") or 0)))
     return result
 
@@ -305,7 +287,7 @@ def stop(home, timeout):
     escalations = [(timeout, signal.SIGUSR1), (timeout + 15, signal.SIGKILL)]
     started = time.monotonic()
     while True:
-        running = [r for r in live if is_same_process(r["host"], r["pid"], r["started_at"])]
+        running = [r for r in live if runner.is_same_process(r["host"], r["pid"], r["started_at"])]
         if not running:
             break
         elapsed = time.monotonic() - started
@@ -325,19 +307,3 @@ def stop(home, timeout):
         report.append(f"stopped supervisor {record['pid']} and its "
                       f"{len(record.get('workers') or [])} workers")
     return report
-
-
-def worker_rows(home):
-    """Worker records for status: stale ones flagged, dead ones on this host removed."""
-    rows = []
-    now = time.time()
-    for row in home.index.workers():
-        alive = is_same_process(row["host"], row["pid"], row["started_at"])
-        if alive is False:
-            home.index_safely("worker cleanup", home.index.delete_worker, row["worker_id"])
-            continue
-        row["stale"] = now - (row["heartbeat_at"] or 0) > STALE_AFTER
-        if row["stale"]:
-            row["state"] = "stale"
-        rows.append(row)
-    return rows

@@ -119,3 +119,115 @@ def config_text(rows):
 def outcomes_text(outcomes):
     return "\n".join(f"{o.job_id}: {o.message}" if o.ok else f"{o.job_id}: error: {o.message}"
                      for o in outcomes)
+
+
+def _fmt(value, unit=""):
+    if value is None:
+        return "-"
+    return f"{value:.3f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def metrics_text(m):
+    jobs, backlog, totals = m["jobs"], m["backlog"], m["totals"]
+    tp, wait, run = m["throughput_per_min"], m["queue_wait_s"], m["run_time_s"]
+    lines = [
+        f"home: {m['home']}" + ("   PAUSED" if m["paused"] else ""),
+        f"jobs:        " + "  ".join(f"{k} {v}" for k, v in jobs.items())
+        + f"  rejected {m['rejected']}",
+        f"backlog:     ready {backlog['ready']}, scheduled {backlog['scheduled']}, "
+        f"oldest ready {age(backlog['oldest_ready_age_s'])}",
+        f"totals:      completed {totals['completed']}, failed attempts {totals['failed']}, "
+        f"dead {totals['dead']}, cancelled {totals['cancelled']}, requeued {totals['requeued']}; "
+        f"DLQ size {m['dlq_size']}",
+        f"throughput:  {tp['1m']:g} / {tp['5m']:g} / {tp['15m']:g} jobs/min (1m / 5m / 15m)",
+        f"queue wait:  p50 {_fmt(wait['p50'], 's')}  p95 {_fmt(wait['p95'], 's')}  "
+        f"(last 15 min, {wait['count']} runs)",
+        f"run time:    p50 {_fmt(run['p50'], 's')}  p95 {_fmt(run['p95'], 's')}",
+        f"heartbeat:   last {age(m['last_heartbeat_age_s'])} ago" if m["workers"] else
+        "heartbeat:   no workers",
+        "",
+    ]
+    if m["workers"]:
+        lines.append(table(
+            ["WORKER", "HOST", "PID", "STATE", "UPTIME", "BEAT", "JOB", "DONE", "FAILED",
+             "CPU%", "MEM MB"],
+            [[w["id"], w["host"], w["pid"], w["state"], age(w["uptime_s"]),
+              age(w["heartbeat_age_s"]), w["current_job"], w["jobs_done"], w["jobs_failed"],
+              "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+              _fmt(w["rss_mb"])] for w in m["workers"]]))
+    else:
+        lines.append("workers: none running")
+    return "\n".join(lines)
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(m):
+    """The Prometheus text exposition format (version 0.0.4)."""
+    out = []
+
+    def metric(name, kind, help_text, samples):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{text}}} {_number(value)}" if text else
+                       f"{name} {_number(value)}")
+
+    metric("queuectl_jobs", "gauge", "Jobs per state directory.",
+           [({"state": s}, n) for s, n in m["jobs"].items()] + [({"state": "rejected"},
+                                                                  m["rejected"])])
+    metric("queuectl_ready_jobs", "gauge", "Pending jobs whose run time has come.",
+           [({}, m["backlog"]["ready"])])
+    metric("queuectl_scheduled_jobs", "gauge", "Pending jobs waiting for their run_at.",
+           [({}, m["backlog"]["scheduled"])])
+    metric("queuectl_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job.",
+           [({}, m["backlog"]["oldest_ready_age_s"] or 0)])
+    metric("queuectl_paused", "gauge", "1 while spool/PAUSED exists.", [({}, int(m["paused"]))])
+    metric("queuectl_job_outcomes_total", "counter", "Finished attempts by outcome.",
+           [({"outcome": k}, v) for k, v in m["totals"].items()])
+    metric("queuectl_throughput_jobs_per_minute", "gauge", "Completed jobs per minute.",
+           [({"window": k}, v) for k, v in m["throughput_per_min"].items()])
+    for name, key, what in (("queuectl_job_run_seconds", "run_time_s", "Job run time"),
+                            ("queuectl_job_wait_seconds", "queue_wait_s", "Queue wait")):
+        data = m[key]
+        samples = [({"quantile": q}, data[p]) for q, p in (("0.5", "p50"), ("0.95", "p95"))
+                   if data[p] is not None]
+        out.append(f"# HELP {name} {what} over the last 15 minutes.")
+        out.append(f"# TYPE {name} summary")
+        for labels, value in samples:
+            out.append(f'{name}{{quantile="{labels["quantile"]}"}} {_number(value)}')
+        out.append(f"{name}_count {data['count']}")
+    workers = m["workers"]
+    metric("queuectl_worker_up", "gauge", "1 for a live worker, 0 for a stale one.",
+           [(_wlabels(w), 0 if w["stale"] else 1) for w in workers])
+    metric("queuectl_worker_jobs_done_total", "counter", "Jobs completed by the worker.",
+           [(_wlabels(w), w["jobs_done"]) for w in workers])
+    metric("queuectl_worker_jobs_failed_total", "counter", "Failed attempts by the worker.",
+           [(_wlabels(w), w["jobs_failed"]) for w in workers])
+    metric("queuectl_worker_cpu_percent", "gauge", "Worker CPU use, percent of one core.",
+           [(_wlabels(w), w["cpu_percent"] or 0) for w in workers])
+    metric("queuectl_worker_rss_bytes", "gauge", "Worker resident memory.",
+           [(_wlabels(w), int((w["rss_mb"] or 0) * 1048576)) for w in workers])
+    metric("queuectl_worker_heartbeat_age_seconds", "gauge", "Seconds since the heartbeat.",
+           [(_wlabels(w), w["heartbeat_age_s"]) for w in workers])
+    return "\n".join(out) + "\n"
+
+
+def _wlabels(worker):
+    return {"worker": worker["id"], "host": worker["host"], "pid": worker["pid"]}
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def ages_text(rows, home):
+    return f"home: {home}\nready jobs by age (like qshape):\n" + table(
+        ["AGE", "READY"], [[r["age"], r["ready"]] for r in rows])

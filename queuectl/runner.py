@@ -64,6 +64,7 @@ class RunningJob:
         self.spawn_error = None
         self.timed_out = None      # the time limit, once it was hit
         self.stopped = False
+        self.cancelled = False
         try:
             self.proc = subprocess.Popen(
                 ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -189,3 +190,21 @@ def process_stats(proc_cache={}):
 
 
 HOSTNAME = socket.gethostname()
+
+
+def process_started(pid):
+    """The start time (epoch seconds) of process pid, or None if there is none."""
+    import psutil
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def is_same_process(host, pid, started_at):
+    """True if (host, pid, start time) names a live process on this host, False if not,
+    None for another host's process (we cannot tell). A reused pid has another start time."""
+    if host != HOSTNAME:
+        return None
+    created = process_started(pid)
+    return created is not None and abs(created - (started_at or 0)) < 1.0

@@ -111,6 +111,47 @@ class Spool:
         else:
             _unlink_quietly(path)
 
+    def _cancel_marker(self, job_id):
+        return os.path.join(self.dir("processing"), f".{job_id}.cancel")
+
+    def request_cancel(self, job_id):
+        """Ask whichever worker runs job_id to kill it and bury it as cancelled. A dot-file
+        in processing/, never taken for a job."""
+        fd = os.open(self._cancel_marker(job_id),
+                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+
+    def cancel_requested(self, job_id):
+        return os.path.lexists(self._cancel_marker(job_id))
+
+    def clear_cancel(self, job_id):
+        _unlink_quietly(self._cancel_marker(job_id))
+
+    def files_older_than(self, state, cutoff):
+        """Names in a state directory (or rejected/) last changed before `cutoff`."""
+        names = self.rejected_names() if state == "rejected" else self.names(state)
+        old = []
+        for name in names:
+            st = self.lstat(state, name)
+            if st is not None and st.st_mtime < cutoff:
+                old.append(name)
+        return old
+
+    def purge(self, state, name):
+        """Delete a job file, its output log, and (for rejected/) its reason file. A
+        rejected directory is removed with its contents."""
+        path = os.path.join(self.dir(state), name)
+        if state == "rejected":
+            _unlink_quietly(path + REASON_SUFFIX)
+            st = self.lstat(state, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                import shutil
+                shutil.rmtree(path, ignore_errors=True)
+                return
+        else:
+            _unlink_quietly(self.output_path(name[:-len(JOB_SUFFIX)]))
+        _unlink_quietly(path)
+
     def state_mtimes(self):
         """{dir: mtime_ns} for every job-holding directory (rejected included)."""
         result = {}
@@ -347,10 +388,6 @@ class Spool:
         """Atomically (re)write a small side file such as a rejection reason."""
         tmp = self._write_tmp(data)
         os.replace(tmp, os.path.join(self.dir(state), name))
-
-    def delete(self, state, name):
-        """Remove a file (purge); missing is fine."""
-        _unlink_quietly(os.path.join(self.dir(state), name))
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB

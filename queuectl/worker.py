@@ -14,15 +14,16 @@ import signal
 import time
 
 from . import job as jobmod
-from . import lifecycle, runner, watcher
+from . import control, lifecycle, metrics, render, runner, watcher
 from .errors import InvalidJob
 from .ingest import examine, handle_bad, settle_deadline
 from .picker import Picker
 from .spool import NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
-HEARTBEAT_SECONDS = 2
+HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
 RECOVERY_SECONDS = 5
+RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 TAKE_FROM = ("pending", "failed")
 
 
@@ -48,6 +49,7 @@ class Worker:
         self.next_scan = 0.0
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
+        self.next_retention = 0.0
 
     # ---- control --------------------------------------------------------------------------
     def request_stop(self, immediately=False):
@@ -109,11 +111,22 @@ class Worker:
                 self.next_recovery = now + RECOVERY_SECONDS
             self.full_scan(now)
             self.next_scan = now + self.home.settings.worker_poll_interval
+            if now >= self.next_retention:
+                self.purge_expired()
+                self.next_retention = now + RETENTION_SECONDS
         for key, deadline in list(self.unsettled.items()):
             if deadline <= now:
                 self.consider(key[0], key[1], now)
         if now >= self.next_heartbeat:
             self.heartbeat()
+
+    def purge_expired(self):
+        retention = self.home.settings.completed_retention
+        if retention:
+            try:
+                control.purge(self.home, "completed", retention)
+            except OSError as exc:
+                log.error("purging completed jobs failed: %s", exc)
 
     def recover(self, now):
         """Recover orphans in processing/ (their worker died); see lifecycle.recover."""
@@ -195,7 +208,11 @@ class Worker:
             self.report_job(0)
         now = self.clock()
         self.current = None
-        if result.stopped:
+        if running.cancelled:
+            lifecycle.cancel(home, held, doc, now)
+            home.spool.clear_cancel(doc["id"])
+            outcome = "cancelled"
+        elif result.stopped:
             lifecycle.requeue(home, held, doc, now)
             outcome = "requeued"
         elif result.ok:
@@ -230,6 +247,10 @@ class Worker:
                 running.stopped = True
                 running.kill_group()
                 return
+            if self.home.spool.cancel_requested(self.current):
+                running.cancelled = True
+                running.kill_group()
+                return
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat()
             limits = [1.0, self.next_heartbeat - self.clock()]
@@ -254,6 +275,32 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+        if self.home.settings.metrics_textfile:
+            self.write_textfile(self.home.settings.metrics_textfile)
+
+    def write_textfile(self, path):
+        """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
+        older than a heartbeat interval, so the queries run about once per interval in all;
+        tmp + fsync + rename, so node_exporter never reads half a file."""
+        try:
+            if time.time() - os.stat(path).st_mtime < HEARTBEAT_SECONDS:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("metrics textfile %s: %s", path, exc)
+            return
+        try:
+            text = render.prometheus_text(metrics.report(self.home,
+                                                         metrics.worker_rows(self.home)))
+            tmp = f"{path}.{self.pid}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except Exception as exc:    # metrics must never stop the worker
+            log.warning("could not write metrics textfile %s: %s", path, exc)
 
     def _idle_timeout(self, now):
         limits = [self.next_scan - now, self.next_heartbeat - now]
