@@ -271,6 +271,14 @@ class Index:
             "WHERE state='pending' AND due_ts<=? GROUP BY bucket", (*[now] * len(edges), now))
         return dict(rows.fetchall())
 
+    def oldest_timing(self):
+        return self.db.execute("SELECT min(finished_ts) FROM timings").fetchone()[0]
+
+    def timings_complete(self):
+        """True while no timing has been pruned yet (the table holds every attempt)."""
+        row = self.db.execute("SELECT min(seq) FROM timings").fetchone()[0]
+        return row is None or row == 1
+
     def counters(self):
         return dict(self.db.execute("SELECT name, value FROM counters"))
 

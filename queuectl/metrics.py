@@ -29,19 +29,27 @@ def percentile(values, q):
     return round(ordered[rank], 6)
 
 
-def _throughput(home, now):
+def _throughput(home, now, timings):
+    """Completed jobs per minute over the last 1, 5 and 15 minutes: exact from the timings
+    window while it reaches back far enough, else from per-minute buckets."""
+    oldest = home.index.oldest_timing()
     current = int(now // 60)
-    rows = home.index.per_minute(current - 15)
+    buckets = None
     result = {}
     for minutes in (1, 5, 15):
-        done = sum(n for minute, outcome, n in rows
-                   if outcome == "completed" and minute > current - minutes)
+        start = now - minutes * 60
+        if oldest is not None and oldest <= start or home.index.timings_complete():
+            done = sum(1 for ts, outcome, _, _ in timings if outcome == "completed" and ts >= start)
+        else:
+            if buckets is None:
+                buckets = home.index.per_minute(current - 15)
+            done = sum(n for minute, outcome, n in buckets
+                       if outcome == "completed" and minute > current - minutes)
         result[f"{minutes}m"] = round(done / minutes, 3)
     return result
 
 
-def _timings(home, now):
-    rows = home.index.timings(now - WINDOW_SECONDS)
+def _timings(rows):
     waits = [w for _, outcome, w, _ in rows if w is not None and outcome != "requeued"]
     runs = [r for _, outcome, _, r in rows if r is not None and outcome != "requeued"]
     return ({"p50": percentile(waits, 50), "p95": percentile(waits, 95), "count": len(waits)},
@@ -56,7 +64,8 @@ def report(home, workers):
     counts.update(home.index.counts())
     ready, scheduled, oldest = home.index.ready_summary(now)
     counters = home.index.counters()
-    wait, run = _timings(home, now)
+    recent = home.index.timings(now - WINDOW_SECONDS)
+    wait, run = _timings(recent)
     beats = [w["heartbeat_at"] for w in workers if w.get("heartbeat_at")]
     return {
         "home": home.home,
@@ -69,7 +78,7 @@ def report(home, workers):
         "totals": {k: counters.get(k, 0) for k in ("completed", "failed", "dead", "requeued",
                                                     "cancelled")},
         "dlq_size": counts["dead"],
-        "throughput_per_min": _throughput(home, now),
+        "throughput_per_min": _throughput(home, now, recent),
         "queue_wait_s": wait,
         "run_time_s": run,
         "last_heartbeat_age_s": round(time.time() - max(beats), 3) if beats else None,

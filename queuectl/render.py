@@ -154,7 +154,7 @@ def metrics_text(m):
             [[w["id"], w["host"], w["pid"], w["state"], age(w["uptime_s"]),
               age(w["heartbeat_age_s"]), w["current_job"], w["jobs_done"], w["jobs_failed"],
               "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
-              _fmt(w["rss_mb"])] for w in m["workers"]]))
+              "-" if w["rss_mb"] is None else f"{w['rss_mb']:.1f}"] for w in m["workers"]]))
     else:
         lines.append("workers: none running")
     return "\n".join(lines)
