@@ -1,0 +1,73 @@
+"""Real processes enqueueing at the same time: no job lost, no id given twice, no error, and
+a contested id won by exactly one of them."""
+
+import json
+import os
+
+PROCESSES = 8
+JOBS_EACH = 500
+
+
+def start_together(spawn_queuectl, inputs, *args):
+    """Start one `queuectl enqueue -` per input, and only once all are running hand each its
+    stdin (each reads all of it before doing anything), so they work at the same time."""
+    procs = [spawn_queuectl("enqueue", "-", *args) for _ in inputs]
+    for proc, data in zip(procs, inputs):
+        proc.stdin.write(data.encode())
+        proc.stdin.close()
+    results = []
+    for proc in procs:
+        try:
+            out = proc.stdout.read().decode()
+            err = proc.stderr.read().decode()
+            results.append((proc.wait(timeout=60), out, err))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def test_eight_processes_enqueue_500_jobs_each_at_once(spawn_queuectl, cli, spool):
+    inputs = ["".join(json.dumps({"command": f"echo {p} {n}", "priority": n % 5}) + "\n"
+                      for n in range(JOBS_EACH)) for p in range(PROCESSES)]
+    results = start_together(spawn_queuectl, inputs)
+    assert [(code, err) for code, _, err in results] == [(0, "")] * PROCESSES
+    printed = [line for _, out, _ in results for line in out.splitlines()]
+    assert len(printed) == len(set(printed)) == PROCESSES * JOBS_EACH
+
+    files = os.listdir(spool / "pending")
+    assert len(files) == PROCESSES * JOBS_EACH
+    assert sorted(f[:-len(".json")] for f in files) == sorted(printed)
+    assert os.listdir(spool / "tmp") == []
+    commands = set()
+    for name in files:
+        commands.add(json.loads((spool / "pending" / name).read_bytes())["command"])
+    assert commands == {f"echo {p} {n}" for p in range(PROCESSES) for n in range(JOBS_EACH)}
+
+    listed = cli("list", "--json")
+    assert listed.exit_code == 0 and listed.stderr == ""
+    rows = json.loads(listed.stdout)
+    assert len(rows) == PROCESSES * JOBS_EACH
+    assert sorted(r["id"] for r in rows) == sorted(printed)
+    assert {r["state"] for r in rows} == {"pending"}
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["counts"]["pending"] == PROCESSES * JOBS_EACH and report["rejected"] == 0
+
+
+def test_eight_processes_enqueue_the_same_id_at_once(spawn_queuectl, cli, spool):
+    inputs = [json.dumps({"id": "contested", "command": f"echo winner {p}"})
+              for p in range(PROCESSES)]
+    results = start_together(spawn_queuectl, inputs)
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0] + [1] * (PROCESSES - 1), results
+    winner = next(p for p, (code, _, _) in enumerate(results) if code == 0)
+    assert results[winner][1:] == ("contested\n", "")
+    for code, out, err in results:
+        if code == 1:
+            assert (out, err) == ("", "Error: a job with id 'contested' already exists\n")
+    assert os.listdir(spool / "pending") == ["contested.json"]
+    assert os.listdir(spool / "tmp") == []
+    job = json.loads((spool / "pending" / "contested.json").read_bytes())
+    assert job["command"] == f"echo winner {winner}"
+    rows = json.loads(cli("list", "--json").stdout)
+    assert [(r["id"], r["command"]) for r in rows] == [("contested", f"echo winner {winner}")]
