@@ -27,6 +27,13 @@ class QueuectlGroup(click.Group):
             where = f": {exc.filename}" if exc.filename else ""
             click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
             ctx.exit(EXIT_ERROR)
+        except Exception as exc:
+            home = ctx.find_object(Home)
+            if home is None or not home.index.is_db_error(exc):
+                raise
+            click.echo(f"Error: the index {home.index.path} is unusable ({exc}); the spool "
+                       "is intact: run 'queuectl reindex' to rebuild it", err=True)
+            ctx.exit(EXIT_ERROR)
 
 
 _LOG_SETUP = []

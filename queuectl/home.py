@@ -36,13 +36,23 @@ class Home:
     @property
     def settings(self):
         if self._settings is None:
-            self._settings = Settings(self.index.config())
+            try:
+                stored = self.index.config()
+            except Exception as exc:     # an unreadable index must not stop the queue
+                log.warning("cannot read config from the index (%s); using defaults", exc)
+                stored = {}
+            self._settings = Settings(stored)
             self.spool.max_job_bytes = self._settings.max_job_bytes
         return self._settings
 
     def reload_settings(self):
+        previous = self._settings
         self._settings = None
-        return self.settings
+        try:
+            return self.settings
+        except Exception:
+            self._settings = previous
+            return previous
 
     def path(self, *parts):
         return os.path.join(self.data_dir, *parts)

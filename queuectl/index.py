@@ -55,6 +55,7 @@ class Index:
     def __init__(self, path):
         self.path = path
         self._db = None
+        self._ino = None
 
     # ---- connection ---------------------------------------------------------------------
     @property
@@ -71,9 +72,25 @@ class Index:
             self._move_aside()
             return self._connect()
 
+    def is_db_error(self, exc):
+        return isinstance(exc, sqlite3.Error)
+
+    def reopen_if_replaced(self):
+        """Reconnect if queue.db was deleted or replaced under us (a long-lived worker would
+        otherwise keep writing into the old, unlinked file)."""
+        if self._db is None:
+            return
+        try:
+            replaced = os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            replaced = True
+        if replaced:
+            self.close()
+
     def _connect(self):
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                              check_same_thread=False)
+        self._ino = os.stat(self.path).st_ino
         try:
             db.execute("PRAGMA busy_timeout=60000")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:

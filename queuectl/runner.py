@@ -12,6 +12,7 @@ die with its worker instead: it is the jobs' subreaper and kills a dead worker's
 (pool.py), which also catches the grandchildren PDEATHSIG would miss."""
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -48,20 +49,35 @@ class Result:
 
 
 def open_log(path):
-    """Append-only output log; never follows a symlink planted in output/."""
-    return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                   0o600)
+    """Append-only output log; never follows a symlink planted in output/: such a link (or
+    any non-file) is removed without being followed, and a fresh file is created."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+    os.unlink(path) if not os.path.isdir(path) or os.path.islink(path) else os.rmdir(path)
+    return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 class RunningJob:
     def __init__(self, command, cwd, env, lock_fd, log_path, header):
-        self.log_fd = open_log(log_path)
-        os.write(self.log_fd, header.encode("utf-8", "replace"))
-        self.log_start = os.lseek(self.log_fd, 0, os.SEEK_END)
         self.started = time.monotonic()
         self.proc = None
         self.pidfd = None
         self.spawn_error = None
+        self.log_fd = None
+        try:
+            self.log_fd = open_log(log_path)
+            os.write(self.log_fd, header.encode("utf-8", "replace"))
+            self.log_start = os.lseek(self.log_fd, 0, os.SEEK_END)
+        except OSError as exc:
+            if self.log_fd is not None:
+                os.close(self.log_fd)
+                self.log_fd = None
+            self.spawn_error = f"cannot write the output log {log_path}: {exc.strerror}"
+            return
         self.timed_out = None      # the time limit, once it was hit
         self.stopped = False
         self.cancelled = False
@@ -72,7 +88,7 @@ class RunningJob:
                 start_new_session=True, preexec_fn=None)
         except OSError as exc:
             self.spawn_error = f"cannot start: {exc.strerror}: {exc.filename or cwd}"
-            os.write(self.log_fd, f"{self.spawn_error}\n".encode())
+            _write_quietly(self.log_fd, f"{self.spawn_error}\n")
             return
         try:
             self.pidfd = os.pidfd_open(self.proc.pid)
@@ -122,16 +138,19 @@ class RunningJob:
                 if tail:
                     result.error = f"{result.error}: {tail}"
         outcome = "ok" if result.ok else result.error
-        footer = f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n"
-        try:
-            os.write(self.log_fd, footer.encode("utf-8", "replace"))
-        finally:
+        if self.log_fd is not None:
+            _write_quietly(self.log_fd, f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n")
             os.close(self.log_fd)
-            if self.pidfd is not None:
-                os.close(self.pidfd)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
         return result
 
     def _last_line(self):
+        if self.log_fd is None:
+            return ""
+        return self._tail()
+
+    def _tail(self):
         """The last line this attempt printed: the shell's own message for 126/127."""
         end = os.lseek(self.log_fd, 0, os.SEEK_END)
         start = max(self.log_start, end - 400)
@@ -140,6 +159,14 @@ class RunningJob:
         text = os.pread(self.log_fd, end - start, start).decode("utf-8", "replace")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+def _write_quietly(fd, text):
+    """Log lines are best effort: a full disk must not turn a finished job into a crash."""
+    try:
+        os.write(fd, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _result(code, duration, timed_out, stopped):

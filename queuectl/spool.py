@@ -70,6 +70,7 @@ class Spool:
         self.root = os.path.abspath(root)
         self.max_job_bytes = max_job_bytes
         self._ready = False
+        self._submitters = None
 
     # ---- layout -------------------------------------------------------------------------
     def dir(self, state):
@@ -198,7 +199,22 @@ class Spool:
             raise
         return fd, st
 
+    def submitters(self):
+        """Users whose files may be jobs: us, root, and the spool's owner. A file owned by
+        anyone else (or a hard link to one) could make us run their commands as us."""
+        if self._submitters is None:
+            owners = {os.geteuid(), 0}
+            try:
+                owners.add(os.stat(self.root).st_uid)
+            except OSError:
+                pass
+            self._submitters = owners
+        return self._submitters
+
     def _check_stat(self, st):
+        if st.st_uid not in self.submitters():
+            raise NotAJobFile(f"is owned by uid {st.st_uid}, which may not submit jobs "
+                              f"(allowed: {', '.join(map(str, sorted(self.submitters())))})")
         if stat.S_ISDIR(st.st_mode):
             raise NotAJobFile("is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):

@@ -160,7 +160,13 @@ class Worker:
                 self.consider(candidate.state, candidate.job_id + jobmod.JOB_SUFFIX, now)
                 continue
             if held is not None:
-                return self._take(held, now)
+                try:
+                    return self._take(held, now)
+                except BaseException:
+                    if held.fd >= 0:     # unlocked in processing/: recovery retries it
+                        self.home.spool.release(held, unlink=False)
+                    self.current = None
+                    raise
 
     def _take(self, held, now):
         try:
@@ -206,8 +212,25 @@ class Worker:
         result = running.finish(self.label)
         if self.report_job and running.pid:
             self.report_job(0)
-        now = self.clock()
         self.current = None
+        try:
+            outcome = self._route(held, doc, running, result)
+        except OSError as exc:
+            # Disk full, I/O error: the job stays in processing/ unlocked; recovery (ours or
+            # another worker's) retries it. An fsync error is never retried on that fd.
+            home.spool.release(held, unlink=False)
+            log.error("could not finish %s (%s); left in processing/ for recovery",
+                      doc["id"], exc)
+            self.next_recovery = 0.0
+            return
+        wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
+        home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
+                          result.duration_s)
+
+    def _route(self, held, doc, running, result):
+        """Move a finished job to its next state; returns the outcome's name."""
+        home = self.home
+        now = self.clock()
         if running.cancelled:
             lifecycle.cancel(home, held, doc, now)
             home.spool.clear_cancel(doc["id"])
@@ -226,9 +249,7 @@ class Worker:
             outcome = "dead" if state == "dead" else "failed"
             if state == "failed":
                 self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
-        wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
-        home.index_safely("metrics", home.index.record_outcome, outcome, now, wait_s,
-                          result.duration_s)
+        return outcome
 
     def _wait(self, running, timeout):
         """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
@@ -263,6 +284,7 @@ class Worker:
     # ---- heartbeat and loop -----------------------------------------------------------------
     def heartbeat(self, state=None):
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+        self.home.index.reopen_if_replaced()
         try:
             cpu, rss = runner.process_stats()
         except Exception:
@@ -320,7 +342,15 @@ class Worker:
                  "inotify" if self.watch else "polling, inotify unavailable")
         try:
             while not self.stopping:
-                if self.run_once():
+                try:
+                    if self.run_once():
+                        continue
+                except Exception:
+                    # Never die over one bad step: the spool is unchanged or recoverable
+                    # (a claim we could not finish stays in processing/ for recovery).
+                    log.exception("%s: error in the work loop; carrying on", self.label)
+                    self.next_scan = 0.0
+                    time.sleep(0.5)
                     continue
                 if self.stopping:
                     break
