@@ -501,6 +501,36 @@ def purge(ctx, state, older_than, as_json):
                    f"older than {older_than}")
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what is safe to fix, and say what was done.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+def fsck(ctx, repair, as_json):
+    """Check the spool: unowned files in processing/, ids in two states,
+    stale tmp/ files, files that are not jobs, index rows that disagree
+    with the spool. Exits 1 if anything is wrong (with --repair: if anything
+    could not be fixed). Safe while workers run.
+
+    \b
+    Example:
+      queuectl fsck && echo clean
+      queuectl fsck --repair
+    """
+    from .fsck import fsck as check
+    problems = check(_home(ctx), repair)
+    if as_json:
+        _echo_json([p.as_dict() for p in problems])
+    elif problems:
+        click.echo(render.table(["PROBLEM", "WHERE", "DETAIL", "REPAIR"],
+                                [[p.kind, p.where, p.detail, p.fixed or ("-" if not repair
+                                                                         else "not fixed")]
+                                 for p in problems]))
+    else:
+        click.echo(f"spool {_home(ctx).spool_dir} is consistent")
+    if any(not p.fixed for p in problems):
+        sys.exit(EXIT_ERROR)
+
+
 # ---- workers --------------------------------------------------------------------------------
 
 @main.group()
