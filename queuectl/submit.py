@@ -56,8 +56,12 @@ def script_job(path):
         interpreter = INTERPRETERS[ext]
     marker = f"QUEUECTL_SCRIPT_{secrets.token_hex(4)}"
     body = text if text.endswith("\n") else text + "\n"
-    # The shell feeds the frozen text to the interpreter on stdin, read as a file.
-    command = f"{interpreter} /dev/stdin <<'{marker}'\n{body}{marker}"
+    # The frozen text reaches the interpreter on fd 9, not on stdin: fed on stdin, a `read`
+    # or `cat` in the script would get the script's own remaining text (sh reads its input
+    # in 8 KiB blocks, bash line by line) instead of the job's stdin. The trailing `exit`
+    # makes the shell fork for the interpreter rather than exec it, so an inherited fd 9
+    # (such as a worker's locked job fd) stays open in the job's shell.
+    command = f"{interpreter} /dev/fd/9 9<<'{marker}'\n{body}{marker}\nexit $?"
     return {"command": command, "script": os.path.abspath(path)}
 
 
