@@ -1,6 +1,7 @@
 """queuectl.submit: JSON objects and JSON Lines, scripts frozen into jobs, command-line
 overrides, and all-or-nothing enqueueing."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -23,10 +24,11 @@ def h(home):
     queue.close()
 
 
-def run_command(command, cwd):
-    """Run a job's command the way a worker does: /bin/sh -c."""
+def run_command(command, cwd, input=None):
+    """Run a job's command the way a worker does: /bin/sh -c, stdin /dev/null unless given."""
     return subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
-                          cwd=cwd, timeout=30)
+                          cwd=cwd, timeout=30, input=input,
+                          stdin=subprocess.DEVNULL if input is None else None)
 
 
 def pending_files(spool):
@@ -90,7 +92,7 @@ def test_shell_script_by_extension_is_frozen(tmp_path):
     os.unlink(script)
     ran = run_command(doc["command"], tmp_path)
     assert ran.returncode == 3
-    assert ran.stdout == "QUOTES $HOME `X` /DEV/STDIN\n"
+    assert ran.stdout == "QUOTES $HOME `X` /DEV/FD/9\n"
 
 
 def test_shebang_wins_over_the_extension(tmp_path):
@@ -114,6 +116,74 @@ def test_a_script_cannot_end_its_own_heredoc(tmp_path):
     script.write_text("echo one\nQUEUECTL_SCRIPT\nEOF\necho two\n")
     ran = run_command(script_job(str(script))["command"], tmp_path)
     assert ran.stdout == "one\ntwo\n"
+
+
+def test_a_long_script_that_reads_stdin_does_not_eat_itself(tmp_path):
+    """Past sh's 8 KiB read buffer, a `cat` in a script fed on stdin would swallow the rest
+    of the script: the job would end early, silently, with status 0."""
+    script = tmp_path / "long.sh"
+    padding = "".join(f": padding line {n} {'x' * 40}\n" for n in range(600))
+    script.write_text("cat > /dev/null\n" + padding + "echo reached the end\nexit 4\n")
+    ran = run_command(script_job(str(script))["command"], tmp_path)
+    assert (ran.returncode, ran.stdout) == (4, "reached the end\n")
+
+
+@pytest.mark.parametrize("shebang", ["#!/bin/sh", "#!/usr/bin/env bash"])
+def test_a_script_reads_the_jobs_stdin_not_its_own_text(tmp_path, shebang):
+    script = tmp_path / "job"
+    script.write_text(f"{shebang}\nread first\necho \"got:$first\"\necho last line\n")
+    command = script_job(str(script))["command"]
+    assert run_command(command, tmp_path).stdout == "got:\nlast line\n"
+    assert run_command(command, tmp_path, input="hello\n").stdout == \
+        "got:hello\nlast line\n"
+
+
+def test_an_inherited_fd_9_stays_open_in_the_jobs_shell(tmp_path):
+    """A worker passes its locked job fd to the job, so the lock outlives a killed worker.
+    Even if that fd is number 9, the one the script arrives on, the job keeps the lock."""
+    script = tmp_path / "job.sh"
+    script.write_text("echo started\nread go\necho \"got:$go\"\n")
+    command = script_job(str(script))["command"]
+    lock_path = tmp_path / "job.json"
+    lock_path.write_text("{}")
+    fd = os.open(lock_path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    saved = os.dup(9) if _is_open(9) else None
+    os.dup2(fd, 9)
+    os.close(fd)
+    try:
+        job = subprocess.Popen(["/bin/sh", "-c", command], pass_fds=(9,), text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    finally:
+        os.close(9)                        # the worker is gone; only the job holds it now
+        if saved is not None:
+            os.dup2(saved, 9)
+            os.close(saved)
+    try:
+        assert job.stdout.readline() == "started\n"
+        probe = os.open(lock_path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            job.stdin.write("go\n")
+            job.stdin.close()
+            assert job.stdout.read() == "got:go\n"
+            assert job.wait(timeout=30) == 0
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released with the job
+        finally:
+            os.close(probe)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def test_unknown_extension_without_shebang(tmp_path):
