@@ -43,9 +43,15 @@ def _apply(home, job_id, allowed, verb, move):
     """Claim the job from its state and apply `move` (a lifecycle function)."""
     now = home.clock()
     state = _locate(home, job_id, allowed, verb)
-    held = lifecycle.claim(home, state, job_id)
+    busy = WrongState(f"job {job_id!r} is being moved by another process; try again")
+    try:
+        held = lifecycle.claim(home, state, job_id)
+    except NotAJobFile as exc:
+        if exc.gone:      # another process moved it between our look and our claim
+            raise busy from None
+        raise InvalidJob(f"job {job_id!r} cannot be read: {exc}") from None
     if held is None:
-        raise WrongState(f"job {job_id!r} is being moved by another process; try again")
+        raise busy
     try:
         doc = lifecycle.parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
