@@ -171,9 +171,16 @@ class Spool:
             return []
 
     def find(self, job_id):
-        """The job states holding <id>.json right now (normally one; two after a crash)."""
+        """The job states holding <id>.json right now (normally one; two after a crash).
+        A job moving against the scan order (dead or failed -> processing -> pending) can
+        slip between two lstat calls and be seen nowhere, so an empty answer is checked
+        again before it is believed."""
         name = job_name(job_id)
-        return [s for s in JOB_STATES if os.path.lexists(os.path.join(self.root, s, name))]
+        for _ in range(3):
+            found = [s for s in JOB_STATES if os.path.lexists(os.path.join(self.root, s, name))]
+            if found:
+                break
+        return found
 
     # ---- reading ------------------------------------------------------------------------
     def _open_checked(self, path, flags):
