@@ -434,6 +434,36 @@ def test_dlq_retry_all(cli, drop, spool):
     ok(cli("dlq", "retry", "--all"), "the dead letter queue is empty\n")
 
 
+def test_dlq_retry_of_a_job_another_process_just_moved(cli, drop, run_queuectl, spool):
+    """The job vanishes between the look and the claim (ENOENT on the claim's open, injected
+    through fsops' fault hook): reported per id as a race, not a traceback."""
+    dead_job(drop, "d1")
+    dead_job(drop, "d2")
+    ok(cli("status"))
+    ran = run_queuectl("dlq", "retry", "d1", "d2", env={"QUEUECTL_FAULT": "ENOENT@open#1"})
+    assert (ran.exit_code, ran.stderr) == (1, "")
+    assert ran.stdout == ("d1: error: job 'd1' is being moved by another process; try again\n"
+                          "d2: moved to pending (attempts reset)\n")
+    assert spool_contents(spool) == {"dead": ["d1.json"], "pending": ["d2.json"]}
+
+
+def test_dlq_retry_of_an_unreadable_dead_file(cli, drop, spool, tmp_path):
+    """A symlink in dead/ that no ingest has seen yet (the directory's mtime is unchanged
+    since the last look) is refused per id, never followed, never a traceback."""
+    dead_job(drop, "d2")
+    long_ago = os.stat(spool / "dead").st_mtime - 3600
+    os.utime(spool / "dead", (long_ago, long_ago))
+    ok(cli("status"))
+    os.symlink(tmp_path / "elsewhere.json", spool / "dead" / "d1.json")
+    os.utime(spool / "dead", (long_ago, long_ago))
+    result = cli("dlq", "retry", "d1", "d2")
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert result.stdout == ("d1: error: job 'd1' cannot be read: is a symbolic link (never "
+                             "followed)\n"
+                             "d2: moved to pending (attempts reset)\n")
+    assert os.path.islink(spool / "dead" / "d1.json")
+
+
 def test_dlq_retry_usage(cli):
     usage_error(cli("dlq", "retry"), "give job ids or --all (not both)")
     usage_error(cli("dlq", "retry", "--all", "x"), "give job ids or --all (not both)")

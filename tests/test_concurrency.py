@@ -3,6 +3,7 @@ a contested id won by exactly one of them."""
 
 import json
 import os
+import re
 
 PROCESSES = 8
 JOBS_EACH = 500
@@ -71,3 +72,35 @@ def test_eight_processes_enqueue_the_same_id_at_once(spawn_queuectl, cli, spool)
     assert job["command"] == f"echo winner {winner}"
     rows = json.loads(cli("list", "--json").stdout)
     assert [(r["id"], r["command"]) for r in rows] == [("contested", f"echo winner {winner}")]
+
+
+def test_concurrent_dlq_retry_all_moves_each_job_once(spawn_queuectl, cli, drop, spool):
+    """Several `dlq retry --all` at once: each dead job is revived by exactly one of them;
+    the others report it per id (another process moved it), never crash."""
+    dead = [f"d{n:03d}" for n in range(300)]
+    for job_id in dead:
+        drop(f"{job_id}.json", json.dumps({"command": "x", "attempts": 4, "max_retries": 3}),
+             state="dead")
+    assert json.loads(cli("status", "--json").stdout)["counts"]["dead"] == len(dead)
+    procs = [spawn_queuectl("dlq", "retry", "--all") for _ in range(4)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        results.append((proc.returncode, out.decode(), err.decode()))
+    assert [(code in (0, 1), err) for code, _, err in results] == [(True, "")] * len(procs)
+    moved = [line.split(":")[0] for _, out, _ in results for line in out.splitlines()
+             if line.endswith(": moved to pending (attempts reset)")]
+    assert sorted(moved) == dead
+    for code, out, _ in results:
+        for line in out.splitlines():
+            assert line.endswith(": moved to pending (attempts reset)") or \
+                re.fullmatch(r"d\d{3}: error: job 'd\d{3}' (is (pending|processing); only "
+                             r"dead jobs can be retried from the DLQ|is being moved by another "
+                             r"process; try again)", line), line
+        assert code == (0 if all(line.endswith("(attempts reset)")
+                                 for line in out.splitlines()) else 1)
+    assert sorted(os.listdir(spool / "pending")) == [f"{j}.json" for j in dead]
+    assert os.listdir(spool / "dead") == [] and os.listdir(spool / "processing") == []
+    rows = json.loads(cli("list", "--json").stdout)
+    assert sorted((r["id"], r["state"], r["attempts"]) for r in rows) == \
+        [(j, "pending", 0) for j in dead]
