@@ -566,6 +566,21 @@ def test_delete_data_and_reindex_gives_the_same_lists(cli, home, drop, spool):
     assert after == before
 
 
+def test_reindex_and_enqueue_fail_when_the_spool_is_not_a_directory(cli, spool):
+    spool.write_text("not a directory")
+    failed(cli("reindex"), f"Error: File exists: {spool}\n")
+    failed(cli("enqueue", '{"command": "x"}'), f"Error: File exists: {spool}\n")
+    assert spool.read_text() == "not a directory"
+
+
+def test_a_home_that_is_a_file_is_a_usage_error(tmp_path, run_queuectl):
+    (tmp_path / "afile").write_text("")
+    ran = run_queuectl("--home", tmp_path / "afile", "status")
+    assert ran.exit_code == 2
+    assert ran.stderr.endswith(f"Error: Invalid value for '--home': Directory "
+                               f"'{tmp_path / 'afile'}' is a file.\n")
+
+
 # ---- the real command, its environment and the home --------------------------------------
 
 def test_real_command_enqueue_from_stdin_and_errors_on_stderr(run_queuectl, spool):
@@ -606,3 +621,26 @@ def test_python_dash_m_and_version(home):
     ran = subprocess.run([os.sys.executable, "-m", "queuectl", "--version"],
                          capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and "0.1.0" in ran.stdout
+
+
+# ---- the shared fixtures themselves -------------------------------------------------------
+
+def test_wait_until_sees_a_background_enqueue(spawn_queuectl, cli, wait_until):
+    proc = spawn_queuectl("enqueue", "-")
+    proc.stdin.write(b'{"id": "bg", "command": "x"}\n')
+    proc.stdin.close()
+
+    def listed():
+        return [r["id"] for r in json.loads(cli("list", "--json").stdout)] == ["bg"]
+    assert wait_until(listed, timeout=30, message="job bg in `list --json`")
+    with proc.stdout, proc.stderr:
+        assert (proc.stdout.read(), proc.stderr.read()) == (b"bg\n", b"")
+    assert proc.wait(timeout=30) == 0
+
+
+def test_wait_until_fails_naming_what_it_waited_for(wait_until):
+    with pytest.raises(pytest.fail.Exception) as info:
+        wait_until(lambda: [], timeout=0.05, message="the impossible")
+    assert str(info.value) == \
+        "timed out after 0.05s waiting for the impossible (last result: [])"
+    assert wait_until(lambda: 42, timeout=0.05) == 42
