@@ -15,15 +15,19 @@ import fcntl
 import os
 
 _hook = None
+_hook_info = False
 _libc = None
 RENAME_NOREPLACE = 1
 AT_FDCWD = -100
 
 
-def set_hook(hook):
-    """hook(op, path) is called before each operation; None removes it."""
-    global _hook
-    _hook = hook
+def set_hook(hook, info=False):
+    """hook(op, path) is called before each operation; None removes it. With info=True it
+    is called as hook(op, path, info), info a dict of the call's other arguments (flags of
+    an open, data of a write, src of a link or rename): what a recorder of the operation
+    sequence (the power-loss model) needs to replay it."""
+    global _hook, _hook_info
+    _hook, _hook_info = hook, info
 
 
 def _hook_from_env(spec, log_path):
@@ -52,18 +56,21 @@ if os.environ.get("QUEUECTL_FAULT") or os.environ.get("QUEUECTL_FAULT_LOG"):
                            os.environ.get("QUEUECTL_FAULT_LOG"))
 
 
-def _check(op, path):
+def _check(op, path, **info):
     if _hook is not None:
-        _hook(op, str(path))
+        if _hook_info:
+            _hook(op, str(path), info)
+        else:
+            _hook(op, str(path))
 
 
 def open_(path, flags, mode=0o600):
-    _check("open", path)
+    _check("open", path, flags=flags)
     return os.open(path, flags | os.O_CLOEXEC, mode)
 
 
 def write_all(fd, data, path=""):
-    _check("write", path)
+    _check("write", path, data=data)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -87,7 +94,7 @@ def fsync_dir(path):
 
 def link(src, dst):
     """Hard link that fails with FileExistsError instead of replacing dst."""
-    _check("link", dst)
+    _check("link", dst, src=str(src))
     os.link(src, dst, follow_symlinks=False)
 
 
@@ -106,7 +113,7 @@ def _renameat2():
 def rename_noreplace(src, dst):
     """Atomic move that never overwrites: FileExistsError if dst exists. Uses renameat2
     where the kernel has it, else link + unlink (same guarantee, two steps)."""
-    _check("rename", dst)
+    _check("rename", dst, src=str(src))
     fn = _renameat2()
     if fn is not None:
         if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
