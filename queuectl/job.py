@@ -25,6 +25,10 @@ KNOWN_FIELDS = ("id", "command", "cwd", "timeout", "exit_code", "last_error", "d
 IGNORED_FIELDS = ("state",)
 PRIORITY_LIMIT = 2**31 - 1
 MAX_RETRIES_LIMIT = 1000
+# Deepest nesting of arrays and objects accepted. Fixed and far below the interpreter's
+# recursion limit, so whether a file parses never depends on how deep the caller's stack is
+# (a worker accepting a job that `reindex` or `show` then finds "nested too deeply").
+MAX_NESTING = 256
 
 
 # ---- time -------------------------------------------------------------------------------
@@ -108,6 +112,23 @@ def _bounded_int(text):
     return int(text)
 
 
+def _nesting_exceeds(value, limit):
+    """True if arrays/objects nest more than `limit` levels deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _find_surrogate(value, depth=0):
     """Path of the first string holding a lone surrogate (not encodable as UTF-8)."""
     if isinstance(value, str):
@@ -157,6 +178,8 @@ def loads_object(data):
         raise InvalidJob(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidJob(f"a job must be a JSON object, got {_json_type(value)}")
+    if _nesting_exceeds(value, MAX_NESTING):
+        raise InvalidJob("invalid JSON: nested too deeply")
     try:
         where = _find_surrogate(value)
     except RecursionError:
