@@ -107,8 +107,9 @@ def _finite_float(text):
 
 
 def _bounded_int(text):
-    if len(text) > 300:
-        raise ValueError(f"a number has {len(text)} digits (at most 300 are allowed)")
+    digits = len(text) - text.startswith("-")
+    if digits > 300:
+        raise ValueError(f"a number has {digits} digits (at most 300 are allowed)")
     return int(text)
 
 
