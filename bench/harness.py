@@ -17,6 +17,7 @@ does); run.py reports it and carries on with the next one."""
 
 import math
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -61,8 +62,11 @@ def summarize(samples):
             "samples": [round(s, 6) for s in samples]}
 
 
-def ms(seconds):
-    return f"{seconds * 1000:8.1f} ms"
+UNITS = {"ms": 1e3, "us": 1e6}
+
+
+def shown(seconds, unit="ms"):
+    return f"{seconds * UNITS[unit]:8.1f} {unit}"
 
 
 def count(n):
@@ -70,6 +74,11 @@ def count(n):
 
 
 LABEL_WIDTH = 58
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---- the run context -------------------------------------------------------------------------
@@ -93,6 +102,7 @@ class Context:
         self._name = None
         self._homes = {}
         self._seq = 0
+        self.last_cpu_s = None
 
     def scale(self, full, quick):
         """A size or run count: `full` normally, `quick` with --quick."""
@@ -110,12 +120,15 @@ class Context:
         return [self.queuectl, "--home", home, *args]
 
     def run(self, argv, stdin=None):
-        """Run a fresh process to completion: (wall seconds, stdout, stderr) as bytes.
-        A non-zero exit raises CommandFailed with the end of its stderr."""
+        """Run a fresh process to completion: (wall seconds, stdout, stderr) as bytes; its
+        CPU seconds (user + system) are left in self.last_cpu_s. A non-zero exit raises
+        CommandFailed with the end of its stderr."""
+        cpu = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=self.env, cwd=self.root)
         elapsed = time.perf_counter() - start
+        self.last_cpu_s = _children_cpu() - cpu
         if proc.returncode != 0:
             raise CommandFailed(f"{' '.join(argv)!r} exited {proc.returncode}: "
                                 f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
@@ -158,12 +171,13 @@ class Context:
     def _current(self):
         return self.results[self._name]
 
-    def timing(self, key, label, samples):
-        """Report samples (seconds) as median and p95; returns the median."""
+    def timing(self, key, label, samples, unit="ms"):
+        """Report samples (seconds) as median and p95, shown in `unit` (ms or us); returns
+        the median in seconds."""
         stats = summarize(samples)
         self._current["figures"][key] = dict(stats, unit="s", label=label)
-        print(f"  {label:<{LABEL_WIDTH}} median {ms(stats['median'])}   "
-              f"p95 {ms(stats['p95'])}   (n={stats['n']})", flush=True)
+        print(f"  {label:<{LABEL_WIDTH}} median {shown(stats['median'], unit)}   "
+              f"p95 {shown(stats['p95'], unit)}   (n={stats['n']})", flush=True)
         return stats["median"]
 
     def value(self, key, label, value, unit, digits=1):
