@@ -55,6 +55,9 @@ def show(home, job_id):
     """Everything known about one job: the file's fields, its state and path, last error."""
     ingest(home)
     states = home.spool.find(job_id) if jobmod.ID_RE.match(job_id) else []
+    # A copy in processing/ beside another state is the leftover of a finish (the job has
+    # moved on): show the state it moved to, and processing/ under also_in.
+    states.sort(key=lambda s: s == "processing")
     for state in states:
         path = home.spool.path(state, job_id)
         try:
