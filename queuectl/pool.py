@@ -4,8 +4,9 @@ start it, stop it and list workers.
 Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>.json with host, pid and
 its process start time, so a reused pid is never mistaken for it. Workers are forked from the
 supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
-killed supervisor's workers stop gracefully. A worker that dies is restarted, with a delay
-that doubles while it keeps dying young (a crash loop does not spin).
+killed supervisor's workers stop gracefully. A worker that dies is restarted at once; one
+that crashes young (an error exit or a fatal signal of its own, not a kill from outside) is
+restarted with a delay that doubles while it keeps crashing (a crash loop does not spin).
 
 Jobs die with their worker: each worker reports its running job's process group on a pipe,
 and the supervisor, which is the child subreaper of everything below it, kills that group
@@ -14,6 +15,7 @@ when the worker dies (the job's flock then frees and recovery retries it)."""
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,6 +48,9 @@ class Supervisor:
         self.children = {}          # pid -> fork time
         self.job_groups = {}        # worker pid -> its running job's process group
         self.report_r, self.report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Signals wake the main loop through this pipe: time.sleep is resumed after a signal
+        # handler (PEP 475), so a SIGCHLD alone would not end the nap.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._report_buffer = b""
         self.restart_delay = 0.5
         self.next_start = 0.0
@@ -77,8 +82,11 @@ class Supervisor:
         if pid == 0:                       # the worker
             code = 1
             try:
+                signal.set_wakeup_fd(-1)   # never write signal bytes into the parent's pipe
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
+                os.close(self.wake_r)
+                os.close(self.wake_w)
                 runner.prctl(runner.PR_SET_PDEATHSIG, signal.SIGTERM)
                 if os.getppid() != self.pid:
                     os._exit(0)            # the supervisor died before prctl took effect
@@ -146,17 +154,21 @@ class Supervisor:
             if self.stopping:
                 continue
             young = time.monotonic() - born < YOUNG_DEATH_SECONDS
-            self.restart_delay = min(self.restart_delay * 2, MAX_RESTART_DELAY) if young \
-                else 0.5
-            self.next_start = time.monotonic() + (self.restart_delay if young else 0)
+            crash_loop = young and _crashed(status)
+            if crash_loop:
+                self.restart_delay = min(self.restart_delay * 2, MAX_RESTART_DELAY)
+                self.next_start = time.monotonic() + self.restart_delay
+            elif not young:
+                self.restart_delay = 0.5
             log.warning("worker %d exited (%s); restarting%s", pid, _describe(status),
-                        f" in {self.restart_delay:.1f}s" if young else "")
+                        f" in {self.restart_delay:.1f}s" if crash_loop else "")
 
     def run(self):
         """Keep `count` workers alive until SIGTERM/SIGINT; returns the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
-        signal.signal(signal.SIGCHLD, lambda *_: None)   # wake time.sleep on a death
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # a death wakes _nap (wakeup fd)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         runner.prctl(runner.PR_SET_CHILD_SUBREAPER, 1)
         log.info("supervisor %s starting %d workers", self.supervisor_id, self.count)
         try:
@@ -170,7 +182,7 @@ class Supervisor:
                 if changed:
                     self.write_record()
                 self._read_reports()
-                time.sleep(0.2 if len(self.children) < self.count else 1.0)
+                self._nap(0.2 if len(self.children) < self.count else 1.0)
             self._wait_children()
         finally:
             try:
@@ -179,6 +191,15 @@ class Supervisor:
                 pass
             log.info("supervisor %s stopped", self.supervisor_id)
         return 0
+
+    def _nap(self, seconds):
+        """Sleep up to `seconds`, waking at once when a signal (a worker's death) arrives."""
+        select.select([self.wake_r], [], [], seconds)
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _wait_children(self):
         while self.children:
@@ -196,6 +217,19 @@ def _signal(pid, signum):
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+# Signals that stop or kill a worker from outside (an operator, `worker stop`, the OOM
+# killer): the worker did not fail, so it is restarted at once.
+_OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def _crashed(status):
+    """True if a worker failed on its own: an error exit or a fatal signal of its own
+    (SIGSEGV, SIGABRT), as opposed to a clean exit or a kill from outside."""
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) not in _OUTSIDE_SIGNALS
+    return os.waitstatus_to_exitcode(status) != 0
 
 
 def _describe(status):
