@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -605,7 +606,7 @@ def test_home_option_wins_over_the_environment_which_wins_over_cwd(run_queuectl,
     assert run_queuectl("enqueue", '{"id": "e", "command": "x"}', home=env_home).exit_code == 0
     assert os.listdir(opt_home / "spool" / "pending") == ["o.json"]
     assert os.listdir(env_home / "spool" / "pending") == ["e.json"]
-    ran = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "queuectl"),
+    ran = subprocess.run([os.path.join(os.path.dirname(sys.executable), "queuectl"),
                           "enqueue", '{"id": "c", "command": "x"}'], cwd=cwd_home,
                          env={k: v for k, v in os.environ.items()
                               if not k.startswith("QUEUECTL_")},
@@ -615,10 +616,10 @@ def test_home_option_wins_over_the_environment_which_wins_over_cwd(run_queuectl,
 
 
 def test_python_dash_m_and_version(home):
-    ran = subprocess.run([os.sys.executable, "-m", "queuectl", "--home", str(home),
+    ran = subprocess.run([sys.executable, "-m", "queuectl", "--home", str(home),
                           "status", "--json"], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and json.loads(ran.stdout)["home"] == str(home)
-    ran = subprocess.run([os.sys.executable, "-m", "queuectl", "--version"],
+    ran = subprocess.run([sys.executable, "-m", "queuectl", "--version"],
                          capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and "0.1.0" in ran.stdout
 
