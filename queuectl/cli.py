@@ -47,7 +47,7 @@ def _home(ctx):
     home = ctx.find_object(Home)
     if _LOG_SETUP and _LOG_SETUP[-1] is home:
         _LOG_SETUP.pop()
-        home.configure_logging("cli")
+        home.configure_logging("cli", rotate=False)
     return home
 
 

@@ -9,7 +9,6 @@ QUEUECTL_FAULT syntax: `exit@K` (os._exit(137) before the K-th call), `ERRNO@OP`
 errno ERRNO on every OP call, e.g. ENOSPC@write), `ERRNO@OP#N` (only on the N-th OP call),
 and QUEUECTL_FAULT_LOG=PATH appends "op path" per call (the power-loss model's recording)."""
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -101,6 +100,7 @@ def link(src, dst):
 def _renameat2():
     global _libc
     if _libc is None:
+        import ctypes       # only moves need it; enqueue links and stays fast
         _libc = ctypes.CDLL(None, use_errno=True)
         fn = getattr(_libc, "renameat2", None)
         if fn is not None:
@@ -108,6 +108,11 @@ def _renameat2():
                            ctypes.c_uint]
         _libc.queuectl_renameat2 = fn
     return _libc.queuectl_renameat2
+
+
+def _get_errno():
+    import ctypes
+    return ctypes.get_errno()
 
 
 def rename_noreplace(src, dst):
@@ -118,7 +123,7 @@ def rename_noreplace(src, dst):
     if fn is not None:
         if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
             return
-        code = ctypes.get_errno()
+        code = _get_errno()
         if code not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(code, os.strerror(code), str(src), None, str(dst))
     os.link(src, dst, follow_symlinks=False)

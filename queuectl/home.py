@@ -68,18 +68,23 @@ class Home:
                         "run 'queuectl reindex' if it persists)", what, exc)
             return None
 
-    def configure_logging(self, name="queuectl"):
-        """Send this process's log lines to data/logs/queuectl.log (rotating), at the
-        configured level, with host and pid on every line. Never prints."""
-        from logging.handlers import RotatingFileHandler
+    def configure_logging(self, name="queuectl", rotate=True):
+        """Send this process's log lines to data/logs/queuectl.log, at the configured level,
+        with the process name and pid on every line. Never prints. Long-lived processes
+        (workers, supervisor) rotate the file; short CLI calls only append (rotation needs
+        logging.handlers, which costs enqueue ~5 ms to import)."""
         logger = logging.getLogger("queuectl")
         logger.propagate = False
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         try:
             os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
-            handler = RotatingFileHandler(self.path("logs", "queuectl.log"), maxBytes=10 << 20,
-                                          backupCount=5, delay=True)
+            path = self.path("logs", "queuectl.log")
+            if rotate:
+                from logging.handlers import RotatingFileHandler
+                handler = RotatingFileHandler(path, maxBytes=10 << 20, backupCount=5, delay=True)
+            else:
+                handler = logging.FileHandler(path, delay=True)
         except OSError:
             handler = logging.NullHandler()
         handler.setFormatter(logging.Formatter(

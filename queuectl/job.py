@@ -7,8 +7,8 @@ raise InvalidJob listing every problem found, each naming the field and the bad 
 
 import json
 import math
+import os
 import re
-import secrets
 from datetime import datetime, timezone
 
 from .errors import InvalidJob
@@ -67,7 +67,7 @@ def new_id(now):
     """A generated id: UTC time to the microsecond (so ids sort by creation) plus 40 random
     bits, unique across hosts and processes without coordination."""
     stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{stamp}-{secrets.token_hex(5)}"
+    return f"{stamp}-{os.urandom(5).hex()}"
 
 
 def retry_delay(attempts, backoff_base, backoff_max):

@@ -15,7 +15,6 @@ import ctypes
 import errno
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -216,7 +215,7 @@ def process_stats(proc_cache={}):
         return me.cpu_percent(None), me.memory_info().rss
 
 
-HOSTNAME = socket.gethostname()
+HOSTNAME = os.uname().nodename
 
 
 def process_started(pid):

@@ -14,8 +14,6 @@ On failure, OSErrors other than the expected races propagate to the caller."""
 import errno
 import fcntl
 import os
-import secrets
-import socket
 import stat
 from dataclasses import dataclass
 
@@ -28,7 +26,7 @@ PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or b
 ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
 REASON_SUFFIX = ".reason"
 PAUSE_FILE = "PAUSED"
-_HOST = socket.gethostname().split(".")[0] or "host"
+_HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to import)
 
 
 class NotAJobFile(Exception):
@@ -254,7 +252,7 @@ class Spool:
     def _write_tmp(self, data):
         """Write data to a fresh file in tmp/ and fsync it; returns its path."""
         self.ensure_layout()
-        path = os.path.join(self.dir("tmp"), f"{_HOST}.{os.getpid()}.{secrets.token_hex(6)}")
+        path = os.path.join(self.dir("tmp"), f"{_HOST}.{os.getpid()}.{os.urandom(6).hex()}")
         fd = fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             fsops.write_all(fd, data, path)
@@ -385,7 +383,7 @@ class Spool:
                                        os.path.join(self.dir("rejected"), target))
                 break
             except FileExistsError:
-                target = f"{name}.{secrets.token_hex(4)}"
+                target = f"{name}.{os.urandom(4).hex()}"
             except FileNotFoundError:
                 return None
         else:

@@ -3,7 +3,6 @@ script file frozen into the job, plus the command-line overrides. Nothing is wri
 every job in the submission is valid (publish is all-or-nothing on validation)."""
 
 import os
-import secrets
 
 from . import job as jobmod
 from . import lifecycle
@@ -54,7 +53,7 @@ def script_job(path):
             raise InvalidJob(f"cannot tell how to run {path!r}: add a shebang line or use "
                              f"one of the extensions {', '.join(sorted(INTERPRETERS))}")
         interpreter = INTERPRETERS[ext]
-    marker = f"QUEUECTL_SCRIPT_{secrets.token_hex(4)}"
+    marker = f"QUEUECTL_SCRIPT_{os.urandom(4).hex()}"
     body = text if text.endswith("\n") else text + "\n"
     # The frozen text reaches the interpreter on fd 9, not on stdin: fed on stdin, a `read`
     # or `cat` in the script would get the script's own remaining text (sh reads its input
