@@ -237,6 +237,9 @@ def test_unknown_fields_are_kept_and_round_trip(cli, drop, spool):
     assert cli("dlq", "retry", "dead1").exit_code == 0
     rewritten = json.loads((spool / "pending" / "dead1.json").read_bytes())
     assert {k: rewritten[k] for k in extra} == extra and rewritten["attempts"] == 0
+    # ...and the minimal dropped record is completed at its first move.
+    assert (rewritten["id"], rewritten["priority"], rewritten["max_retries"]) == ("dead1", 0, 3)
+    assert rewritten["created_at"] <= rewritten["updated_at"]
     assert {k: json.loads(cli("show", "dead1", "--json").stdout)["job"][k] for k in extra} == \
         extra
 
