@@ -294,7 +294,7 @@ def config_show(ctx, as_json):
         click.echo(render.config_text(rows))
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @click.pass_context
