@@ -40,7 +40,10 @@ _LOG_SETUP = []
 
 
 def _quiet_logging():
-    logging.getLogger("queuectl").handlers.clear()
+    logger = logging.getLogger("queuectl")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _home(ctx):
@@ -231,7 +234,12 @@ def dlq():
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def dlq_list(ctx, as_json):
-    """List dead jobs, newest first, with their last error."""
+    """List dead jobs, newest first, with their last error.
+
+    \b
+    Example:
+      queuectl dlq list --json | jq -r '.[].id'
+    """
     from .queries import list_jobs
     home = _home(ctx)
     rows = list_jobs(home, "dead")
@@ -258,7 +266,13 @@ def _report(outcomes, as_json):
 @click.pass_context
 def dlq_retry(ctx, ids, retry_all, as_json):
     """Move dead jobs back to pending with attempts reset. Reports per id;
-    exits 1 if any id was not in the DLQ."""
+    exits 1 if any id was not in the DLQ.
+
+    \b
+    Examples:
+      queuectl dlq retry job-42 job-43
+      queuectl dlq retry --all
+    """
     from .control import dlq_retry as retry
     if bool(ids) == retry_all:
         raise click.UsageError("give job ids or --all (not both)")
@@ -286,7 +300,12 @@ def config():
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
 def config_show(ctx, as_json):
-    """Show every key, its value, and whether it is the default."""
+    """Show every key, its value, and whether it is the default.
+
+    \b
+    Example:
+      queuectl config show --json
+    """
     rows = _home(ctx).settings.rows()
     if as_json:
         _echo_json({k: {"value": v, "default": d} for k, v, d, _ in rows})
@@ -299,7 +318,15 @@ def config_show(ctx, as_json):
 @click.argument("value")
 @click.pass_context
 def config_set(ctx, key, value):
-    """Set KEY to VALUE (checked for type and range)."""
+    """Set KEY to VALUE (checked for type and range; `config show` lists
+    the keys).
+
+    \b
+    Examples:
+      queuectl config set max_retries 5
+      queuectl config set job_timeout 600
+      queuectl config set job_timeout none
+    """
     from .settings_store import set_value
     shown = set_value(_home(ctx), key, value)
     click.echo(f"{key} = {'none' if shown is None else shown}")
@@ -309,7 +336,12 @@ def config_set(ctx, key, value):
 @click.argument("key")
 @click.pass_context
 def config_unset(ctx, key):
-    """Restore KEY to its default."""
+    """Restore KEY to its default.
+
+    \b
+    Example:
+      queuectl config unset backoff_base
+    """
     from .settings_store import unset_value
     shown = unset_value(_home(ctx), key)
     click.echo(f"{key} = {'none' if shown is None else shown} (default)")
@@ -555,7 +587,13 @@ def worker():
 def worker_start(ctx, count, foreground, quiet):
     """Start a supervisor that keeps COUNT workers running (restarting any
     that die). Returns once they run, unless --foreground. Starting again
-    adds workers."""
+    adds workers.
+
+    \b
+    Examples:
+      queuectl worker start --count 4
+      queuectl worker start --foreground --count 2    # for systemd
+    """
     from . import pool
     home = _home(ctx)
     if foreground:
@@ -577,7 +615,13 @@ def worker_start(ctx, count, foreground, quiet):
 def worker_stop(ctx, timeout):
     """Stop every worker of this home gracefully: they stop claiming, running
     jobs may finish; past the timeout a job is killed and goes back to
-    pending without counting an attempt. Waits and reports."""
+    pending without counting an attempt. Waits and reports.
+
+    \b
+    Examples:
+      queuectl worker stop
+      queuectl worker stop --timeout 5
+    """
     from . import pool
     home = _home(ctx)
     limit = home.settings.shutdown_timeout if timeout is None else timeout

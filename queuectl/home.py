@@ -77,6 +77,7 @@ class Home:
         logger.propagate = False
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
+            handler.close()
         try:
             os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
             path = self.path("logs", "queuectl.log")
