@@ -196,6 +196,7 @@ def reject_claimed(home, claim, reason, now):
     """A claimed file turned out not to be a job: rejected/, byte for byte."""
     name = claim.job_id + jobmod.JOB_SUFFIX
     try:
+        home.spool.settle_claim(claim, "rejected")
         return reject(home, "processing", name, reason, claim.st.st_size, now)
     finally:
         home.spool.release(claim, unlink=False)

@@ -312,10 +312,12 @@ class Spool:
 
     def finish(self, claim, data, dest):
         """Write the job's new record into dest/ and release processing/. Order: tmp, fsync,
-        move into dest (never replacing), fsync dest, unlink processing/, close (unlock).
+        fsync of the claim's origin (settle_claim), move into dest (never replacing), fsync
+        dest, unlink processing/, close (unlock).
         A crash after the move leaves a leftover in processing/ that recovery deletes.
         DuplicateId if dest already holds the id; the claim is then still held."""
         tmp = self._write_tmp(data)
+        self.settle_claim(claim, dest)
         try:
             fsops.rename_noreplace(tmp, self.path(dest, claim.job_id))
         except FileExistsError:
@@ -326,6 +328,15 @@ class Spool:
             raise
         fsops.fsync_dir(self.dir(dest))
         self.release(claim, unlink=True)
+
+    def settle_claim(self, claim, dest):
+        """Make the claim's move out of its origin durable before the job appears in dest
+        (or rejected/). Directory operations that were never fsynced may be lost by a power
+        cut while later, fsynced ones survive: without this the claim could be lost and the
+        move into dest kept, leaving the job in two states (origin and dest). Not needed
+        when origin is processing/ (recovery) or dest itself (whose fsync covers it)."""
+        if claim.origin not in ("processing", dest):
+            fsops.fsync_dir(self.dir(claim.origin))
 
     def release(self, claim, unlink):
         """Drop a claim: optionally unlink its processing/ file, then close (unlock)."""
