@@ -7,9 +7,12 @@ one short transaction; a database that SQLite cannot read is moved aside and rec
 caller then rescans the spool). Only this module imports sqlite3."""
 
 import json
+import logging
 import os
 import sqlite3
 import time
+
+log = logging.getLogger("queuectl")
 
 SCHEMA_VERSION = 2
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
@@ -41,6 +44,10 @@ CREATE TABLE IF NOT EXISTS per_minute (
   PRIMARY KEY (minute, outcome)) WITHOUT ROWID;
 """
 TIMINGS_KEPT = 20000
+# How long creating the schema waits for other connections. A new, empty file is only ever
+# open elsewhere for an instant; one that stays locked is a database emptied or replaced
+# under live connections (a truncated queue.db beside a live -wal), set aside and recreated.
+SCHEMA_BUSY_MS = 2000
 
 
 def job_row(job, state, due_ts):
@@ -68,12 +75,29 @@ class Index:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         try:
             return self._connect()
-        except sqlite3.DatabaseError:
-            self._move_aside()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(exc)
             return self._connect()
 
     def is_db_error(self, exc):
         return isinstance(exc, sqlite3.Error)
+
+    def is_corrupt(self, exc):
+        """True for 'database disk image is malformed' and 'file is not a database' (plain
+        DatabaseError; locked, busy and read-only are OperationalError)."""
+        return type(exc) is sqlite3.DatabaseError
+
+    def replace_corrupt(self, exc):
+        """Set a corrupt database aside and start a new one, keeping whatever config rows
+        can still be read from it."""
+        try:
+            kept = self.config()
+        except sqlite3.Error:
+            kept = {}
+        self.close()
+        self._move_aside(exc)
+        for key, value in kept.items():
+            self.set_config(key, value)
 
     def reopen_if_replaced(self):
         """Reconnect if queue.db was deleted or replaced under us (a long-lived worker would
@@ -107,14 +131,24 @@ class Index:
         with FileLock(self.path + ".lock"):
             if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
                 return
+            db.execute(f"PRAGMA busy_timeout={SCHEMA_BUSY_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("PRAGMA busy_timeout=60000")
 
-    def _move_aside(self):
-        """A database SQLite can't read is kept for inspection and replaced by a new one;
-        the looks table starts empty, so the next ingest rescans the whole spool."""
+    def _move_aside(self, reason):
+        """A database SQLite can't use is kept for inspection and replaced by a new one;
+        the looks table starts empty, so the next ingest rescans the whole spool. Only the
+        file we failed on is moved: if another process already replaced it, we reconnect."""
+        try:
+            if os.stat(self.path).st_ino != self._ino:
+                return
+        except FileNotFoundError:
+            return
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        log.warning("index %s is unusable (%s); moved aside to %s.corrupt-%s and recreated",
+                    self.path, reason, self.path, stamp)
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.rename(self.path + suffix, f"{self.path}.corrupt-{stamp}{suffix}")

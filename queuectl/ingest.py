@@ -182,12 +182,23 @@ def ingest(home, now=None):
 
 
 def reindex(home, now=None):
-    """Rebuild the job part of the index from a full scan of the spool; returns counts."""
+    """Rebuild the job part of the index from a full scan of the spool; returns counts. A
+    corrupt index is set aside and rebuilt from scratch (its config kept where readable)."""
     from filelock import FileLock
     now = home.clock() if now is None else now
     home.spool.ensure_layout()
     with FileLock(home.path("reindex.lock")):
-        with home.index.transaction():
-            home.index.clear_jobs()
-        ingest(home, now)
+        try:
+            _rebuild(home, now)
+        except Exception as exc:
+            if not home.index.is_corrupt(exc):
+                raise
+            home.index.replace_corrupt(exc)
+            _rebuild(home, now)
     return home.index.counts()
+
+
+def _rebuild(home, now):
+    with home.index.transaction():
+        home.index.clear_jobs()
+    ingest(home, now)
