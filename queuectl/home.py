@@ -14,6 +14,9 @@ from .index import Index
 from .spool import Spool
 
 log = logging.getLogger("queuectl")
+# After an index update times out on another process's lock, skip index updates this long
+# rather than queue behind the lock job after job; ingest repairs the rows afterwards.
+INDEX_PAUSE_SECONDS = 10
 
 
 def resolve(home=None, spool=None, data=None, environ=None):
@@ -32,6 +35,7 @@ class Home:
         self.index = Index(os.path.join(self.data_dir, "queue.db"))
         self.spool = Spool(self.spool_dir)
         self._settings = None
+        self._index_paused_until = 0.0
 
     @property
     def settings(self):
@@ -60,12 +64,19 @@ class Home:
     def index_safely(self, what, fn, *args):
         """Run an index update after a spool move. The spool is the truth: a failing index
         must never undo or block a move, so the error is logged and the next ingest or
-        reindex repairs the row."""
+        reindex repairs the row. While another process holds the index locked, updates are
+        skipped for INDEX_PAUSE_SECONDS after one has timed out."""
+        if time.monotonic() < self._index_paused_until:
+            return None
         try:
             return fn(*args)
         except Exception as exc:     # any sqlite error, a full disk, a locked database
             log.warning("index update failed after %s: %s (the spool is unchanged; "
                         "run 'queuectl reindex' if it persists)", what, exc)
+            if self.index.is_busy(exc):
+                self._index_paused_until = time.monotonic() + INDEX_PAUSE_SECONDS
+                log.warning("the index is locked by another process; skipping index "
+                            "updates for %ds", INDEX_PAUSE_SECONDS)
             return None
 
     def configure_logging(self, name="queuectl", rotate=True):

@@ -63,6 +63,7 @@ class Index:
         self.path = path
         self._db = None
         self._ino = None
+        self.busy_ms = 60000       # how long a statement waits for another writer's lock
 
     # ---- connection ---------------------------------------------------------------------
     @property
@@ -81,6 +82,18 @@ class Index:
 
     def is_db_error(self, exc):
         return isinstance(exc, sqlite3.Error)
+
+    def is_busy(self, exc):
+        """True when the database was locked by another connection past the busy timeout."""
+        return isinstance(exc, sqlite3.OperationalError) and \
+            ("locked" in str(exc) or "busy" in str(exc))
+
+    def set_busy_timeout(self, seconds):
+        """Change how long statements wait for another connection's lock (workers wait
+        briefly: the index must never hold up the jobs)."""
+        self.busy_ms = int(seconds * 1000)
+        if self._db is not None:
+            self._db.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
     def is_corrupt(self, exc):
         """True for 'database disk image is malformed' and 'file is not a database' (plain
@@ -112,11 +125,11 @@ class Index:
             self.close()
 
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+        db = sqlite3.connect(self.path, timeout=self.busy_ms / 1000, isolation_level=None,
                              check_same_thread=False)
         self._ino = os.stat(self.path).st_ino
         try:
-            db.execute("PRAGMA busy_timeout=60000")
+            db.execute(f"PRAGMA busy_timeout={self.busy_ms}")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._create_schema(db)
             db.execute("PRAGMA synchronous=NORMAL")
@@ -135,7 +148,7 @@ class Index:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("PRAGMA busy_timeout=60000")
+            db.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
     def _move_aside(self, reason):
         """A database SQLite can't use is kept for inspection and replaced by a new one;

@@ -24,12 +24,14 @@ log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
 RECOVERY_SECONDS = 5
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
+INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
 TAKE_FROM = ("pending", "failed")
 
 
 class Worker:
     def __init__(self, home, supervisor=None, report_job=None):
         self.home = home
+        home.index.set_busy_timeout(INDEX_WAIT_SECONDS)
         self.report_job = report_job     # tells the supervisor our job's process group
         self.clock = home.clock
         self.supervisor = supervisor
