@@ -129,12 +129,37 @@ class Supervisor:
 
     def _kill_orphaned_job(self, worker_pid):
         pgid = self.job_groups.pop(worker_pid, 0)
-        if pgid > 0:
+        # A worker that died just after spawning a job, before its report, leaves a job we
+        # were never told about: find it among the orphans we adopted.
+        for group in [pgid] if pgid > 0 else self._unreported_jobs():
             try:
-                os.killpg(pgid, signal.SIGKILL)
-                log.warning("killed job process group %d of dead worker %d", pgid, worker_pid)
+                os.killpg(group, signal.SIGKILL)
+                log.warning("killed job process group %d of dead worker %d", group, worker_pid)
             except ProcessLookupError:
                 pass
+
+    def _unreported_jobs(self):
+        """Process groups of adopted orphans that hold a job file in processing/ open (the
+        locked fd a job inherits from its worker): running jobs whose worker is dead. A
+        live worker's job is that worker's child, never ours."""
+        import psutil
+        processing = os.path.realpath(self.home.spool.dir("processing")) + os.sep
+        groups = set()
+        try:
+            adopted = [p.pid for p in psutil.Process(self.pid).children()
+                       if p.pid not in self.children]
+        except psutil.Error:
+            return groups
+        for pid in adopted:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+                if any(t.startswith(processing) and not t.endswith(" (deleted)")
+                       for t in targets):
+                    groups.add(os.getpgid(pid))
+            except OSError:       # gone meanwhile, or not ours to read
+                continue
+        return groups
 
     def reap(self):
         """Collect dead workers (and adopted orphans); kill a dead worker's job; back off
