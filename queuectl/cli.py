@@ -598,7 +598,8 @@ def worker_start(ctx, count, foreground, quiet):
     home = _home(ctx)
     if foreground:
         if not quiet:
-            click.echo(f"running {count} workers in the foreground for {home.home} "
+            click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
+                       f"for {home.home} "
                        "(Ctrl-C stops them gracefully)")
         sys.exit(pool.run_foreground(home, count))
     started = pool.start(home, count)

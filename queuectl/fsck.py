@@ -101,7 +101,12 @@ def _check_files(home, repair, now, problems):
                 continue
             where = f"{state}/{display_name(name)}"
             if not is_candidate(name):
-                problem = Problem("not-a-job", where, "name does not end in .json")
+                # Tools may stage files under other names before renaming them to .json:
+                # only a day-old one is a problem.
+                st = home.spool.lstat(state, name)
+                if st is None or now - st.st_mtime < STALE_TMP_SECONDS:
+                    continue
+                problem = Problem("not-a-job", where, "not a .json name, older than a day")
                 if repair:
                     lifecycle.reject(home, state, name, "not a job file name (fsck)", now=now)
                     problem.fixed = "moved to rejected/"

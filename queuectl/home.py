@@ -61,6 +61,13 @@ class Home:
     def path(self, *parts):
         return os.path.join(self.data_dir, *parts)
 
+    def make_data_dir(self, *parts):
+        """Create data/ (0700: it holds every job's command) and a directory inside it."""
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        path = self.path(*parts)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
     def index_safely(self, what, fn, *args):
         """Run an index update after a spool move. The spool is the truth: a failing index
         must never undo or block a move, so the error is logged and the next ingest or
@@ -90,7 +97,7 @@ class Home:
             logger.removeHandler(handler)
             handler.close()
         try:
-            os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
+            self.make_data_dir("logs")
             path = self.path("logs", "queuectl.log")
             if rotate:
                 from logging.handlers import RotatingFileHandler

@@ -65,7 +65,7 @@ class Supervisor:
             _signal(pid, signal.SIGUSR1 if self.stop_now else signal.SIGTERM)
 
     def write_record(self):
-        os.makedirs(_records_dir(self.home), mode=0o700, exist_ok=True)
+        self.home.make_data_dir("supervisors")
         record = {"host": runner.HOSTNAME, "pid": self.pid, "started_at": self.started_at,
                   "count": self.count, "workers": sorted(self.children),
                   "home": self.home.home}
@@ -292,7 +292,7 @@ def start(home, count, wait_seconds=20):
     """Start a detached supervisor with `count` workers; returns its record once they all
     heartbeat. QueueError if they don't come up in time."""
     home.spool.ensure_layout()
-    os.makedirs(home.path("logs"), mode=0o700, exist_ok=True)
+    home.make_data_dir("logs")
     from .security import check_spool
     check_spool(home)
     log_path = home.path("logs", "supervisor.out")
@@ -363,6 +363,7 @@ def stop(home, timeout):
             os.unlink(record["path"])
         except FileNotFoundError:
             pass
-        report.append(f"stopped supervisor {record['pid']} and its "
-                      f"{len(record.get('workers') or [])} workers")
+        count = len(record.get("workers") or [])
+        report.append(f"stopped supervisor {record['pid']} and its {count} "
+                      f"worker{'s' if count != 1 else ''}")
     return report

@@ -5,13 +5,21 @@ from . import job as jobmod
 from . import lifecycle
 
 
+def recover_one(home, job_id, now):
+    """lifecycle.recover plus the outcome counters (a recovered attempt is a failed one)."""
+    result = lifecycle.recover(home, job_id, now)
+    if result in ("failed", "dead"):
+        home.index_safely("metrics", home.index.record_outcome, result, now, None, None)
+    return result
+
+
 def recover_all(home):
     """Recover every unowned file in processing/; returns [{id, result}] for what changed."""
     now = home.clock()
     done = []
     for name in home.spool.names("processing"):
         job_id = name[:-len(jobmod.JOB_SUFFIX)]
-        result = lifecycle.recover(home, job_id, now)
+        result = recover_one(home, job_id, now)
         if result is not None:
             label = {"leftover": "deleted a leftover copy (the job had already moved on)",
                      "failed": "worker died: attempt counted, moved to failed (will retry)",

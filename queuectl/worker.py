@@ -14,7 +14,7 @@ import signal
 import time
 
 from . import job as jobmod
-from . import control, lifecycle, metrics, render, runner, watcher
+from . import control, lifecycle, metrics, recovery, render, runner, watcher
 from .errors import InvalidJob
 from .ingest import examine, handle_bad, settle_deadline
 from .picker import Picker
@@ -137,7 +137,7 @@ class Worker:
             if job_id == self.current:
                 continue
             try:
-                state = lifecycle.recover(self.home, job_id, now)
+                state = recovery.recover_one(self.home, job_id, now)
             except OSError as exc:
                 log.error("recovery of %s failed: %s", job_id, exc)
                 continue
