@@ -113,8 +113,9 @@ def start(directories, wakeup):
             wakeup.notify((os.path.basename(os.path.dirname(path)), os.path.basename(path)))
 
     _no_move_pairing_delay()
-    observer = InotifyObserver()
+    observer = None
     try:
+        observer = InotifyObserver()      # watchdog >= 5 creates the inotify fd right here
         for directory in directories:
             observer.schedule(Handler(), directory, recursive=False)
         observer.start()
@@ -122,7 +123,8 @@ def start(directories, wakeup):
         log.warning("inotify unavailable (%s): polling every worker_poll_interval instead",
                     exc)
         try:
-            observer.stop()
+            if observer is not None:
+                observer.stop()
         except Exception:
             pass
         return None
