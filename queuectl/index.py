@@ -307,13 +307,14 @@ class Index:
     def delete_worker(self, worker_id):
         self.db.execute("DELETE FROM workers WHERE worker_id=?", (worker_id,))
 
-    def record_outcome(self, outcome, finished_ts, wait_s, run_s):
-        """Count an attempt's outcome, keep its timings (a bounded recent window) and add it
-        to its minute's bucket (for throughput over 1, 5 and 15 minutes)."""
+    def record_outcome(self, outcome, finished_ts, wait_s, run_s, also=()):
+        """Count an attempt's outcome (and the extra counters in `also`, e.g. "dead" for a
+        failed attempt that buried its job), keep its timings (a bounded recent window) and
+        add it to its minute's bucket (for throughput over 1, 5 and 15 minutes)."""
         minute = int(finished_ts // 60)
         with self.transaction():
-            self.db.execute("INSERT INTO counters VALUES (?,1) ON CONFLICT(name) DO UPDATE "
-                            "SET value=value+1", (outcome,))
+            self.db.executemany("INSERT INTO counters VALUES (?,1) ON CONFLICT(name) DO UPDATE "
+                                "SET value=value+1", [(name,) for name in (outcome, *also)])
             self.db.execute("INSERT INTO per_minute VALUES (?,?,1) ON CONFLICT(minute, outcome) "
                             "DO UPDATE SET n=n+1", (minute, outcome))
             cur = self.db.execute("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "

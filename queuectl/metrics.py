@@ -3,9 +3,9 @@ buckets, the recent timings window, worker heartbeats) and the spool (pause flag
 assembly; rendering to text or Prometheus lives in render.py, process checks in pool.py.
 
 Stable JSON keys (documented in docs/operations.md): home, generated_at, paused, jobs,
-rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, failed (attempts
-that will be retried), dead (attempts that exhausted retries), failed_attempts (the two
-together), requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
+rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, failed (every failed
+attempt, including those a recovery counted), dead (jobs that exhausted their retries),
+requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
 run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s."""
 
 import time
@@ -78,9 +78,8 @@ def report(home, workers):
         "rejected": home.index.rejected_count(),
         "backlog": {"ready": ready, "scheduled": scheduled,
                     "oldest_ready_age_s": round(now - oldest, 3) if oldest is not None else None},
-        "totals": dict({k: counters.get(k, 0) for k in ("completed", "failed", "dead",
-                                                         "requeued", "cancelled")},
-                       failed_attempts=counters.get("failed", 0) + counters.get("dead", 0)),
+        "totals": {k: counters.get(k, 0) for k in ("completed", "failed", "dead", "requeued",
+                                                    "cancelled")},
         "dlq_size": counts["dead"],
         "throughput_per_min": _throughput(home, now, recent),
         "queue_wait_s": wait,

@@ -9,7 +9,8 @@ def recover_one(home, job_id, now):
     """lifecycle.recover plus the outcome counters (a recovered attempt is a failed one)."""
     result = lifecycle.recover(home, job_id, now)
     if result in ("failed", "dead"):
-        home.index_safely("metrics", home.index.record_outcome, result, now, None, None)
+        home.index_safely("metrics", home.index.record_outcome, "failed", now, None, None,
+                          ("dead",) if result == "dead" else ())
     return result
 
 

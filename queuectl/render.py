@@ -136,9 +136,8 @@ def metrics_text(m):
         + f"  rejected {m['rejected']}",
         f"backlog:     ready {backlog['ready']}, scheduled {backlog['scheduled']}, "
         f"oldest ready {age(backlog['oldest_ready_age_s'])}",
-        f"totals:      completed {totals['completed']}, failed attempts "
-        f"{totals['failed_attempts']} ({totals['dead']} of them exhausted retries), "
-        f"cancelled {totals['cancelled']}, requeued {totals['requeued']}; "
+        f"totals:      completed {totals['completed']}, failed attempts {totals['failed']}, "
+        f"dead {totals['dead']}, cancelled {totals['cancelled']}, requeued {totals['requeued']}; "
         f"DLQ size {m['dlq_size']}",
         f"throughput:  {tp['1m']:g} / {tp['5m']:g} / {tp['15m']:g} jobs/min (1m / 5m / 15m)",
         f"queue wait:  p50 {_fmt(wait['p50'], 's')}  p95 {_fmt(wait['p95'], 's')}  "
@@ -188,7 +187,7 @@ def prometheus_text(m):
            [({}, m["backlog"]["oldest_ready_age_s"] or 0)])
     metric("queuectl_paused", "gauge", "1 while spool/PAUSED exists.", [({}, int(m["paused"]))])
     metric("queuectl_job_outcomes_total", "counter", "Finished attempts by outcome.",
-           [({"outcome": k}, v) for k, v in m["totals"].items() if k != "failed_attempts"])
+           [({"outcome": k}, v) for k, v in m["totals"].items()])
     metric("queuectl_throughput_jobs_per_minute", "gauge", "Completed jobs per minute.",
            [({"window": k}, v) for k, v in m["throughput_per_min"].items()])
     for name, key, what in (("queuectl_job_run_seconds", "run_time_s", "Job run time"),

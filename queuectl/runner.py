@@ -232,5 +232,12 @@ def is_same_process(host, pid, started_at):
     None for another host's process (we cannot tell). A reused pid has another start time."""
     if host != HOSTNAME:
         return None
-    created = process_started(pid)
-    return created is not None and abs(created - (started_at or 0)) < 1.0
+    import psutil
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False       # exited, waiting to be reaped by a PID 1 that may never do it
+        created = process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+    return abs(created - (started_at or 0)) < 1.0

@@ -226,8 +226,9 @@ class Worker:
             self.next_recovery = 0.0
             return
         wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
+        outcome, *also = outcome.split("+")
         home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
-                          result.duration_s)
+                          result.duration_s, also)
 
     def _route(self, held, doc, running, result):
         """Move a finished job to its next state; returns the outcome's name."""
@@ -248,7 +249,7 @@ class Worker:
             state = lifecycle.fail(home, held, doc, result.error, result.exit_code,
                                    result.duration_s, now)
             self.jobs_failed += 1
-            outcome = "dead" if state == "dead" else "failed"
+            outcome = "failed+dead" if state == "dead" else "failed"
             if state == "failed":
                 self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
         return outcome

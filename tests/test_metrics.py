@@ -117,7 +117,8 @@ def test_metrics_backlog_without_workers(cli, home):
     assert m["totals"] == {"completed": 0, "failed": 0, "dead": 0, "requeued": 0,
                            "cancelled": 0}
     assert m["throughput_per_min"] == {"1m": 0.0, "5m": 0.0, "15m": 0.0}
-    assert m["run_time_s"] == m["queue_wait_s"] == {"p50": None, "p95": None, "count": 0}
+    assert m["run_time_s"] == m["queue_wait_s"] == {"p50": None, "p95": None, "count": 0,
+                                                    "sum": 0}
     text = cli("metrics").stdout.splitlines()
     assert text[2].startswith("backlog:     ready 3, scheduled 2, oldest ready ")
     assert text[7:] == ["heartbeat:   no workers", "", "workers: none running"]
