@@ -204,22 +204,41 @@ def reject_claimed(home, claim, reason, now):
 
 def recover(home, job_id, now):
     """Recover processing/<id> if no live process holds its lock. Returns what was done:
-    None (owned or gone), 'leftover' (a copy already moved on: deleted) or the new state."""
+    None (owned or gone), 'leftover' (a copy already moved on: deleted), 'rejected' (not a
+    job, or another job under a taken id) or the new state."""
     held = home.spool.probe_orphan(job_id)
     if held is None:
         return None
     others = [s for s in home.spool.find(job_id) if s != "processing"]
-    if others:
+    if others and _is_leftover(home, held, others[0], now):
         # Crash between finishing's move and its unlink: the job lives on in others[0].
         home.spool.release(held, unlink=True)
         log.info("recovery: deleted leftover processing/%s (job is in %s/)", job_id, others[0])
         return "leftover"
+    if others:
+        # Another job under a taken id (a duplicate drop-in whose worker died before
+        # rejecting it): its bytes go to rejected/, never deleted.
+        return reject_claimed(home, held, f"duplicate id: {job_id!r} is already in "
+                              f"{others[0]}/", now) and "rejected"
     try:
         doc = parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
     log.warning("recovery: %s had no live worker (worker died)", job_id)
     return fail(home, held, doc, "worker died", None, None, now)
+
+
+def _is_leftover(home, held, state, now):
+    """Is the orphan `held` the old copy of the job now in `state` (moved on by a worker
+    that died before unlinking it)? Every move keeps a job's command and created_at; a
+    file that differs in them is another job that only shares the id."""
+    try:
+        mine = parse_claimed(home, held, now)
+        data, _ = home.spool.read(state, held.job_id + jobmod.JOB_SUFFIX)
+        theirs = jobmod.validate(jobmod.loads_object(data), stem=held.job_id)
+    except (InvalidJob, NotAJobFile):
+        return False
+    return all(mine.get(key) == theirs.get(key) for key in ("command", "created_at"))
 
 
 def unclaim(home, claim):
