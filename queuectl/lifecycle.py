@@ -60,10 +60,8 @@ def publish(home, docs, now):
             raise DuplicateId(f"a job with id {doc['id']!r} already exists")
         seen.add(doc["id"])
     home.spool.ensure_layout()
-    written = []
-    for doc in docs:
-        home.spool.publish(doc["id"], jobmod.dumps(doc))
-        written.append(doc)
+    home.spool.publish_many([(doc["id"], jobmod.dumps(doc)) for doc in docs])
+    written = docs
     home.index_safely("enqueue", home.index.upsert,
                       [job_row(d, "pending", _due(d)) for d in written])
     for doc in written:

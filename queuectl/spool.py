@@ -13,6 +13,7 @@ On failure, OSErrors other than the expected races propagate to the caller."""
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -267,14 +268,40 @@ class Spool:
     def publish(self, job_id, data, state="pending"):
         """Make a new job visible: tmp + fsync + link (never replaces) + fsync of the dir.
         DuplicateId if <id>.json already exists in that directory."""
-        tmp = self._write_tmp(data)
+        self.publish_many([(job_id, data)], state)
+
+    def publish_many(self, jobs, state="pending"):
+        """Publish [(id, data)] all or nothing: every file is written and fsynced in tmp/
+        before the first is linked into `state`, and the directory is fsynced once. On any
+        error (a full disk, an I/O error, a duplicate id) the files already linked are
+        unlinked again before it is raised, so a failed enqueue leaves nothing behind (a job
+        a worker claimed in that instant runs; it is logged)."""
+        tmps = {}
+        linked = []
         try:
-            fsops.link(tmp, self.path(state, job_id))
-        except FileExistsError:
-            raise DuplicateId(f"a job with id {job_id!r} already exists") from None
+            for job_id, data in jobs:
+                tmps[job_id] = self._write_tmp(data)
+            for job_id, _ in jobs:
+                try:
+                    fsops.link(tmps[job_id], self.path(state, job_id))
+                except FileExistsError:
+                    raise DuplicateId(f"a job with id {job_id!r} already exists") from None
+                linked.append(job_id)
+                _unlink_quietly(tmps.pop(job_id))
+            fsops.fsync_dir(self.dir(state))
+        except BaseException:
+            for job_id in linked:
+                try:
+                    os.unlink(self.path(state, job_id))
+                except FileNotFoundError:
+                    logging.getLogger("queuectl").warning(
+                        "publishing failed, but a worker had already taken %s: it runs", job_id)
+                except OSError:
+                    pass
+            raise
         finally:
-            _unlink_quietly(tmp)
-        fsops.fsync_dir(self.dir(state))
+            for tmp in tmps.values():
+                _unlink_quietly(tmp)
 
     # ---- claiming and finishing -----------------------------------------------------------
     def claim(self, state, job_id):
