@@ -223,7 +223,11 @@ def recover(home, job_id, now):
     except (InvalidJob, NotAJobFile) as exc:
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
     log.warning("recovery: %s had no live worker (worker died)", job_id)
-    return fail(home, held, doc, "worker died", None, None, now)
+    try:
+        return fail(home, held, doc, "worker died", None, None, now)
+    finally:
+        if held.fd >= 0:     # the move failed (a full disk): unlock it for the next try
+            home.spool.release(held, unlink=False)
 
 
 def _is_leftover(home, held, state, now):
