@@ -344,8 +344,8 @@ class Spool:
         A crash after the move leaves a leftover in processing/ that recovery deletes.
         DuplicateId if dest already holds the id; the claim is then still held."""
         tmp = self._write_tmp(data)
-        self.settle_claim(claim, dest)
         try:
+            self.settle_claim(claim, dest)
             fsops.rename_noreplace(tmp, self.path(dest, claim.job_id))
         except FileExistsError:
             _unlink_quietly(tmp)
