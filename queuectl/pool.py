@@ -210,10 +210,11 @@ class Supervisor:
                 self._nap(0.2 if len(self.children) < self.count else 1.0)
             self._wait_children()
         finally:
-            try:
-                os.unlink(self.record_path)
-            except FileNotFoundError:
-                pass
+            for path in (self.record_path, _stop_path(self.record_path)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             log.info("supervisor %s stopped", self.supervisor_id)
         return 0
 
@@ -235,6 +236,18 @@ class Supervisor:
             if self.children.pop(pid, None) is not None:
                 self._read_reports()
                 self._kill_orphaned_job(pid)
+
+
+def _stop_path(record_path):
+    return record_path[:-len(".json")] + ".stop"
+
+
+def _write_stop_timeout(record_path, timeout):
+    """Tell that supervisor's workers how long running jobs may take to finish."""
+    tmp = f"{record_path}.{os.getpid()}.stop-tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{timeout}\n")
+    os.replace(tmp, _stop_path(record_path))
 
 
 def _signal(pid, signum):
@@ -339,6 +352,7 @@ def stop(home, timeout):
             os.unlink(record["path"])
             report.append(f"removed stale record of supervisor {record['pid']} (not running)")
         else:
+            _write_stop_timeout(record["path"], timeout)
             _signal(record["pid"], signal.SIGTERM)
             live.append(record)
     if not live:
@@ -359,10 +373,11 @@ def stop(home, timeout):
                     _signal(pid, signum)
         time.sleep(0.05)
     for record in live:
-        try:
-            os.unlink(record["path"])
-        except FileNotFoundError:
-            pass
+        for path in (record["path"], _stop_path(record["path"])):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         count = len(record.get("workers") or [])
         report.append(f"stopped supervisor {record['pid']} and its {count} "
                       f"worker{'s' if count != 1 else ''}")

@@ -266,7 +266,7 @@ class Worker:
                 running.kill_group()
                 return
             if self.stopping and stop_deadline is None:
-                stop_deadline = now + float(self.home.settings.shutdown_timeout)
+                stop_deadline = now + self._shutdown_timeout()
             if self.stop_now or (stop_deadline is not None and now >= stop_deadline):
                 running.stopped = True
                 running.kill_group()
@@ -283,6 +283,17 @@ class Worker:
             select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
                           else min(0.01, max(0.0, min(limits))))
             self.wakeup.clear()
+
+    def _shutdown_timeout(self):
+        """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
+        supervisor's workers; otherwise config shutdown_timeout applies."""
+        if self.supervisor:
+            try:
+                with open(self.home.path("supervisors", self.supervisor + ".stop")) as f:
+                    return float(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
     def heartbeat(self, state=None):
