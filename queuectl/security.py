@@ -10,11 +10,12 @@ from .spool import ALL_DIRS
 def check_spool(home):
     """Refuse to run workers on a spool another user could rewrite: a world-writable
     directory without the sticky bit, a state directory that is a symlink, or a spool owned
-    by another user."""
+    by another user (root included: root running jobs from a spool another user owns
+    would run that user's commands as root)."""
     root = home.spool_dir
     me = os.geteuid()
     st = os.lstat(root)
-    if st.st_uid != me and me != 0:
+    if st.st_uid != me:
         raise UnsafeSpool(f"the spool {root} is owned by uid {st.st_uid}, not by you "
                           f"(uid {me}); refusing to run its jobs")
     for name in ("", *ALL_DIRS):
@@ -29,5 +30,5 @@ def check_spool(home):
         if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
             raise UnsafeSpool(f"{path} is world-writable without the sticky bit; run "
                               f"chmod o-w {path}")
-        if name and st.st_uid != me and me != 0:
+        if name and st.st_uid != me:
             raise UnsafeSpool(f"{path} is owned by uid {st.st_uid}, not by you")
