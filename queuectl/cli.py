@@ -634,8 +634,12 @@ def worker_stop(ctx, timeout):
 @click.pass_context
 def worker_run(ctx):
     """Run one worker in this process (no supervisor)."""
+    from .security import check_spool
     from .worker import run_worker
-    sys.exit(run_worker(_home(ctx)))
+    home = _home(ctx)
+    home.spool.ensure_layout()
+    check_spool(home)
+    sys.exit(run_worker(home))
 
 
 @main.command()
