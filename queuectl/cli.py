@@ -597,6 +597,9 @@ def worker_start(ctx, count, foreground, quiet):
     from . import pool
     home = _home(ctx)
     if foreground:
+        from .security import check_spool
+        home.spool.ensure_layout()
+        check_spool(home)          # refuse before announcing anything
         if not quiet:
             click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
                        f"for {home.home} "
