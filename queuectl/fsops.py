@@ -130,6 +130,13 @@ def rename_noreplace(src, dst):
     os.unlink(src)
 
 
+def replace(src, dst):
+    """Atomic rename that does replace dst: only for side files (a rejection's reason),
+    never for jobs."""
+    _check("replace", dst, src=str(src))
+    os.replace(src, dst)
+
+
 def unlink(path):
     _check("unlink", path)
     os.unlink(path)

@@ -446,7 +446,7 @@ class Spool:
     def write_private(self, state, name, data):
         """Atomically (re)write a small side file such as a rejection reason."""
         tmp = self._write_tmp(data)
-        os.replace(tmp, os.path.join(self.dir(state), name))
+        fsops.replace(tmp, os.path.join(self.dir(state), name))
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
