@@ -2,9 +2,9 @@
 
 Each transition of crashkit.TRANSITIONS runs once in a child process with a recorder on
 fsops (set_hook(..., info=True)) that writes every spool operation (open with its flags,
-write with its data, fsync, fsyncdir, link and rename with src and dst, unlink) and the ACKs
-(publish or a finish returned) as JSON lines. From that trace and the starting spool we build
-an abstract file system (directory entries -> inodes, inode -> bytes) and enumerate the
+write with its data, fsync, fsyncdir, link, rename and replace with src and dst, unlink) and
+the ACKs (publish or a finish returned) as JSON lines. From that trace and the starting
+spool we build an abstract file system (directory entries -> inodes, inode -> bytes) and enumerate the
 states a power cut could leave:
 - every prefix of the operation sequence (the cut comes before operation n);
 - within a prefix, any subset of the directory operations (create, link, rename, unlink) not
@@ -110,7 +110,8 @@ def replay(initial, ops):
         elif kind == "link" and op["src"] in run and path not in run:
             run[path] = run[op["src"]]
             dirops.append((i, "link", op["src"], path, run[path], frozenset([_dir(path)])))
-        elif kind == "rename" and op["src"] in run and path not in run:
+        elif kind in ("rename", "replace") and op["src"] in run and \
+                (kind == "replace" or path not in run):
             run[path] = run.pop(op["src"])
             dirops.append((i, "rename", op["src"], path, run[path],
                            frozenset([_dir(op["src"]), _dir(path)])))
