@@ -125,7 +125,9 @@ def _check_index(home, problems):
     """Index rows with no file, and files with no (or a wrong) row. Compared without
     ingesting first, so fsck reports what the index really holds."""
     for state in JOB_STATES:
-        on_disk = {n[:-len(jobmod.JOB_SUFFIX)] for n in home.spool.names(state)}
+        # Names that are not ids can never be indexed: _check_files reports them as not-a-job.
+        on_disk = {stem for stem in (n[:-len(jobmod.JOB_SUFFIX)] for n in home.spool.names(state))
+                   if jobmod.ID_RE.match(stem)}
         indexed = home.index.ids_in(state)
         for job_id in sorted(indexed - on_disk):
             problems.append(Problem("index-row-without-file", f"{state}/{job_id}.json",
