@@ -2,8 +2,9 @@
 before each, and a driver that performs it in a child process), and a checker that recovers
 a spool the way an operator would and lists every way it breaks the spool's invariants.
 
-The driver is this file run as a script (`python crashkit.py HOME TRANSITION`): it imports
-only the queuectl modules the transition needs, performs it, and prints `ACK <id> <state>`
+The driver is this file run as a script (`python crashkit.py HOME TRANSITION`), or a child
+forked by `python crashkit.py --serve` (DriverServer: the same, without paying Python's
+start-up per case): it performs the transition and prints `ACK <id> <state>`
 once the library call that promises something (publish, a finish) has returned. With
 QUEUECTL_FAULT=exit@K it dies at the K-th spool operation (fsops' own hook); with
 CRASHKIT_RECORD=PATH it appends every spool operation (op, path, flags, data, src) and each
@@ -25,6 +26,21 @@ BAD_DROP = b'{"command": "echo half'          # a drop-in cut off mid-write
 DUPLICATE_DROP = b'{"command": "echo again"}\n'  # a drop-in reusing a finished job's id
 FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
                "QUEUECTL_FAULT_LOG", "CRASHKIT_RECORD")
+
+
+def scratch_root(fallback):
+    """A fresh directory on tmpfs (/dev/shm) when there is one: fsync there costs nothing,
+    and these tests model durability themselves, so hundreds of homes do not queue behind
+    other tests' fsyncs on a busy disk. Else a directory under `fallback`."""
+    import tempfile
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        try:
+            if os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize > 512 << 20:
+                return tempfile.mkdtemp(prefix="queuectl-crash-", dir=shm)
+        except OSError:
+            pass
+    return tempfile.mkdtemp(prefix="crash-", dir=fallback)
 
 
 # ---- the transitions --------------------------------------------------------------------------
@@ -331,21 +347,6 @@ def child_env(**extra):
     return env
 
 
-def run_driver(home_dir, name, timeout=30, **env):
-    """Run the driver for `name` on home_dir; returns (exit code, {id: ACKed state})."""
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "crashkit.py"), home_dir, name],
-                          capture_output=True, timeout=timeout, env=child_env(**env))
-    acked = {}
-    for line in proc.stdout.decode().splitlines():
-        if line.startswith("ACK "):
-            _, job_id, state = line.split()
-            acked[job_id] = state
-    if proc.returncode not in (0, 137) or proc.returncode == 0 and "QUEUECTL_FAULT" in env:
-        raise AssertionError(f"driver {name} {env} exited {proc.returncode}: "
-                             f"{proc.stdout.decode()[-500:]} {proc.stderr.decode()[-2000:]}")
-    return proc.returncode, acked
-
-
 # ---- the checker ---------------------------------------------------------------------------------
 
 def scan(spool_dir):
@@ -448,5 +449,80 @@ def check_spool(home_dir, transition, acked, known_before=(), index=True):
     return problems
 
 
+# ---- a fork server: the same child processes, without paying Python's start-up each time ----
+
+def serve():
+    """Read {"home", "name", "env"} lines on stdin; for each, fork a child that sets `env`,
+    reloads fsops (so QUEUECTL_FAULT / QUEUECTL_FAULT_LOG are read exactly as at start-up),
+    performs the transition with its stdout in <home>.acks, and exits; answer {"rc": ...}.
+    Nothing of queuectl is opened before the fork, only imported."""
+    import importlib
+    import traceback
+    from queuectl import control, fsops, home, ingest, lifecycle, recovery, worker  # noqa: F401
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.environ.update(request["env"])
+                importlib.reload(fsops)
+                fd = os.open(request["home"] + ".acks", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                drive(request["home"], request["name"])
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        sys.stdout.write(json.dumps({"rc": rc}) + "\n")
+        sys.stdout.flush()
+
+
+class DriverServer:
+    """run(home_dir, name, **env) -> (exit code, {id: ACKed state}) of the transition run
+    in a child forked by one long-lived `crashkit.py --serve` process; AssertionError if
+    it failed, or lived through an exit@K fault."""
+
+    def __init__(self, stderr_path):
+        self.stderr = open(stderr_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "crashkit.py"),
+                                      "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, env=child_env())
+
+    def run(self, home_dir, name, **env):
+        request = {"home": home_dir, "name": name, "env": {k: str(v) for k, v in env.items()}}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the driver server died: {self._stderr_tail()}")
+        rc = json.loads(line)["rc"]
+        acked = {}
+        with open(home_dir + ".acks") as f:
+            for ack in f:
+                if ack.startswith("ACK "):
+                    _, job_id, state = ack.split()
+                    acked[job_id] = state
+        if rc not in (0, 137) or rc == 0 and "QUEUECTL_FAULT" in env:
+            raise AssertionError(f"driver {name} {env} exited {rc}: {self._stderr_tail()}")
+        return rc, acked
+
+    def _stderr_tail(self):
+        self.stderr.flush()
+        with open(self.stderr.name, "rb") as f:
+            return f.read()[-2000:].decode("utf-8", "replace")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.stderr.close()
+
+
 if __name__ == "__main__":
-    drive(sys.argv[1], sys.argv[2])
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        drive(sys.argv[1], sys.argv[2])

@@ -13,11 +13,14 @@ every job that existed before still there, parseable and in a state the transiti
 every acknowledged one in the acknowledged state, bad drops in rejected/ byte for byte, the
 index equal to the spool, fsck clean (exit 0): no manual repair.
 
-The drivers run in parallel child processes; recovery and checks run here, in order."""
+Each run is a child process forked by one `crashkit.py --serve` (so 190 runs do not pay
+Python's start-up 190 times); recovery and checks run here, in order."""
 
+import fcntl
 import os
+import pathlib
+import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +29,14 @@ import crashkit
 from queuectl.cli import main
 
 TOTALS = {"crash_points": 0, "cases": 0, "seconds": 0.0}
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """Scratch space for the homes: tmpfs where there is one (crashkit.scratch_root)."""
+    root = crashkit.scratch_root(str(tmp_path))
+    yield pathlib.Path(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def recover_and_check(home_dir, transition, acked, label):
@@ -43,30 +54,35 @@ def recover_and_check(home_dir, transition, acked, label):
     return [f"{label}: {p}" for p in problems]
 
 
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """The transitions' child processes, forked by one crashkit.py --serve process."""
+    server = crashkit.DriverServer(str(tmp_path_factory.mktemp("driver") / "stderr"))
+    yield server.run
+    server.close()
+
+
 @pytest.mark.parametrize("name", list(crashkit.TRANSITIONS))
-def test_crash_at_every_step(name, tmp_path):
+def test_crash_at_every_step(name, scratch, driver):
     started = time.monotonic()
     transition = crashkit.TRANSITIONS[name]
-    template = crashkit.make_template(str(tmp_path / "template"), name)
+    template = crashkit.make_template(str(scratch / "template"), name)
 
     # The uncrashed run: how many operations, and what it acknowledges.
-    baseline = crashkit.clone(template, str(tmp_path / "k0"))
-    log = str(tmp_path / "ops.log")
-    code, acked = crashkit.run_driver(baseline, name, QUEUECTL_FAULT_LOG=log)
+    baseline = crashkit.clone(template, str(scratch / "k0"))
+    log = str(scratch / "ops.log")
+    code, acked = driver(baseline, name, QUEUECTL_FAULT_LOG=log)
     with open(log) as f:
         ops = [line.split(" ", 1)[0] for line in f]
     assert code == 0 and ops, f"{name}: baseline exited {code} after {len(ops)} operations"
     problems = recover_and_check(baseline, transition, acked, f"{name} uncrashed")
 
-    def crash_at(k):
-        home_dir = crashkit.clone(template, str(tmp_path / f"k{k}"))
-        return (k, home_dir) + crashkit.run_driver(home_dir, name, QUEUECTL_FAULT=f"exit@{k}")
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for k, home_dir, code, acked in pool.map(crash_at, range(1, len(ops) + 1)):
-            label = f"{name} exit@{k} (before {ops[k - 1]})"
-            assert code == 137, f"{label}: the driver did not die (exit {code})"
-            problems += recover_and_check(home_dir, transition, acked, label)
+    for k in range(1, len(ops) + 1):
+        home_dir = crashkit.clone(template, str(scratch / f"k{k}"))
+        code, acked = driver(home_dir, name, QUEUECTL_FAULT=f"exit@{k}")
+        label = f"{name} exit@{k} (before {ops[k - 1]})"
+        assert code == 137, f"{label}: the driver did not die (exit {code})"
+        problems += recover_and_check(home_dir, transition, acked, label)
 
     elapsed = time.monotonic() - started
     TOTALS["crash_points"] += len(ops)
@@ -77,17 +93,17 @@ def test_crash_at_every_step(name, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def test_checker_bites(tmp_path):
+def test_checker_bites(scratch):
     """The check above finds each kind of damage it is meant to find."""
     transition = crashkit.TRANSITIONS["complete"]
-    template = crashkit.make_template(str(tmp_path / "template"), "complete")
+    template = crashkit.make_template(str(scratch / "template"), "complete")
     spool = os.path.join(template, "spool")
     job = os.path.join(spool, "pending", "j1.json")
     with open(job, "rb") as f:
         data = f.read()
 
     def damaged(label, damage, acked=None):
-        home_dir = crashkit.clone(template, str(tmp_path / label))
+        home_dir = crashkit.clone(template, str(scratch / label))
         damage(os.path.join(home_dir, "spool"))
         return recover_and_check(home_dir, transition, acked or {}, label)
 
@@ -105,3 +121,15 @@ def test_checker_bites(tmp_path):
                                                      {"j1": "completed"}))
     assert any("stray" in p for p in damaged(
         "stray", lambda s: write(f"{s}/failed/notes.txt", b"x")))
+
+    def held_in_processing(s):      # a claim someone still holds: recovery must leave it
+        os.rename(f"{s}/pending/j1.json", f"{s}/processing/j1.json")
+        fd = os.open(f"{s}/processing/j1.json", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    held = []
+    try:
+        assert any("processing/ not empty" in p for p in damaged("held", held_in_processing))
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -4,8 +4,8 @@ Each transition of crashkit.TRANSITIONS runs once in a child process with a reco
 fsops (set_hook(..., info=True)) that writes every spool operation (open with its flags,
 write with its data, fsync, fsyncdir, link, rename and replace with src and dst, unlink) and
 the ACKs (publish or a finish returned) as JSON lines. From that trace and the starting
-spool we build an abstract file system (directory entries -> inodes, inode -> bytes) and enumerate the
-states a power cut could leave:
+spool we build an abstract file system (directory entries -> inodes, inode -> bytes) and
+enumerate the states a power cut could leave:
 - every prefix of the operation sequence (the cut comes before operation n);
 - within a prefix, any subset of the directory operations (create, link, rename, unlink) not
   yet made durable by a later fsync of a directory they touch may be lost, while later ones
@@ -30,6 +30,7 @@ import base64
 import itertools
 import json
 import os
+import pathlib
 import shutil
 import time
 
@@ -37,18 +38,35 @@ import pytest
 
 import crashkit
 
+
 TRACED_DIRS = ("tmp", *crashkit.JOB_STATES, "rejected")
 TOTALS = {"states": 0, "checks": 0, "enumerated": 0, "seconds": 0.0}
 
 
+@pytest.fixture
+def scratch(tmp_path):
+    """Scratch space for the homes: tmpfs where there is one (crashkit.scratch_root)."""
+    root = crashkit.scratch_root(str(tmp_path))
+    yield pathlib.Path(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # ---- the trace -------------------------------------------------------------------------------
 
-def record(template, scratch, name):
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """The transitions' child processes, forked by one crashkit.py --serve process."""
+    server = crashkit.DriverServer(str(tmp_path_factory.mktemp("driver") / "stderr"))
+    yield server.run
+    server.close()
+
+
+def record(template, scratch, name, driver):
     """Run transition `name` once on a copy of template; returns (ops, acks) where acks
     are (position, id, state): the ACK came after ops[:position]."""
     home_dir = crashkit.clone(template, scratch)
     path = scratch + ".trace"
-    code, acked = crashkit.run_driver(home_dir, name, CRASHKIT_RECORD=path)
+    code, acked = driver(home_dir, name, CRASHKIT_RECORD=path)
     assert code == 0, f"{name}: recording run exited {code}"
     ops, acks = [], []
     with open(path) as f:
@@ -270,20 +288,20 @@ def check_trace(name, homes, ops, acks, work, full=False):
     return len(seen), checks, violations
 
 
-def traced(tmp_path, name):
+def traced(scratch, name, driver):
     """(template home, recording home), ops, acks and a scratch directory."""
-    template = crashkit.make_template(str(tmp_path / "template"), name)
-    recording = str(tmp_path / "recording")
-    ops, acks = record(template, recording, name)
-    work = tmp_path / "states"
+    template = crashkit.make_template(str(scratch / "template"), name)
+    recording = str(scratch / "recording")
+    ops, acks = record(template, recording, name, driver)
+    work = scratch / "states"
     work.mkdir()
     return (template, recording), ops, acks, str(work)
 
 
 @pytest.mark.parametrize("name", list(crashkit.TRANSITIONS))
-def test_power_loss_states(name, tmp_path):
+def test_power_loss_states(name, scratch, driver):
     started = time.monotonic()
-    homes, ops, acks, work = traced(tmp_path, name)
+    homes, ops, acks, work = traced(scratch, name, driver)
     states, checks, violations = check_trace(name, homes, ops, acks, work)
     elapsed = time.monotonic() - started
     TOTALS["states"] += states
@@ -305,10 +323,10 @@ def without(ops, acks, predicate, what):
             [(pos - (pos > gone), job_id, state) for pos, job_id, state in acks])
 
 
-def test_negative_control_no_fsync_before_publish(tmp_path):
+def test_negative_control_no_fsync_before_publish(scratch, driver):
     """(a) Publishing a tmp file that was never fsynced: the link into pending/ can survive
     a power cut while the data does not, so the job is visible but empty."""
-    homes, ops, acks, work = traced(tmp_path, "enqueue")
+    homes, ops, acks, work = traced(scratch, "enqueue", driver)
     link = next(i for i, op in enumerate(ops) if op["op"] == "link")
     broken, shifted = without(ops, acks, lambda i, op: op["op"] == "fsync" and
                               op["path"].startswith("tmp/") and i < link,
@@ -320,10 +338,10 @@ def test_negative_control_no_fsync_before_publish(tmp_path):
     assert all("unparseable pending/j1.json" in v for v in violations)
 
 
-def test_negative_control_no_dir_fsync_before_unlink(tmp_path):
+def test_negative_control_no_dir_fsync_before_unlink(scratch, driver):
     """(b) Finishing without fsyncing the destination directory before unlinking
     processing/<id>: the unlink can survive while the move into completed/ is lost."""
-    homes, ops, acks, work = traced(tmp_path, "complete")
+    homes, ops, acks, work = traced(scratch, "complete", driver)
     unlink = max(i for i, op in enumerate(ops) if op["op"] == "unlink")
     broken, shifted = without(ops, acks, lambda i, op: op["op"] == "fsyncdir" and
                               i == unlink - 1, "fsyncdir just before the unlink of processing/")
@@ -339,10 +357,10 @@ def test_negative_control_no_dir_fsync_before_unlink(tmp_path):
 
 @pytest.mark.stress
 @pytest.mark.parametrize("name", list(crashkit.TRANSITIONS))
-def test_power_loss_states_full(name, tmp_path):
+def test_power_loss_states_full(name, scratch, driver):
     """Every subset of lost directory operations (the default run takes every subset of up
     to 6 and, beyond, pairs and suffixes) and torn lengths of unsynced data."""
-    homes, ops, acks, work = traced(tmp_path, name)
+    homes, ops, acks, work = traced(scratch, name, driver)
     states, checks, violations = check_trace(name, homes, ops, acks, work, full=True)
     print(f"\n{name} (full): {len(ops)} operations, {states} distinct power-loss states, "
           f"{checks} checks, {len(violations)} violations")
