@@ -154,9 +154,18 @@ class Supervisor:
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
                 targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
-                if any(t.startswith(processing) and not t.endswith(" (deleted)")
-                       for t in targets):
-                    groups.add(os.getpgid(pid))
+                if not any(t.startswith(processing) and not t.endswith(" (deleted)")
+                           for t in targets):
+                    continue
+                group = os.getpgid(pid)
+                if group == os.getpgrp():
+                    # Forked by its worker but not yet in a session of its own (between
+                    # fork and setsid): killing its group would kill us and every worker.
+                    os.kill(pid, signal.SIGKILL)
+                    log.warning("killed process %d (a job being started) of a dead worker",
+                                pid)
+                else:
+                    groups.add(group)
             except OSError:       # gone meanwhile, or not ours to read
                 continue
         return groups
