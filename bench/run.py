@@ -2,9 +2,11 @@
 """queuectl benchmarks: figures and ratios measured in one run, medians of several runs.
 
 Usage (from the repository root, with the project's venv; `make bench` runs the first):
-    .venv/bin/python bench/run.py                 # every benchmark, full sizes (~2 min)
-    .venv/bin/python bench/run.py --quick         # small sizes, a smoke test (~20 s)
+    .venv/bin/python bench/run.py                 # every benchmark, full sizes (~7 min)
+    .venv/bin/python bench/run.py --quick         # small sizes, a smoke test (~2 min)
     .venv/bin/python bench/run.py --only enqueue_cli --only batch_enqueue_10k
+    .venv/bin/python bench/run.py --only pickup,throughput,memory,metrics_100k,heartbeat_cost \
+        --scratch bench/results/scratch-1     # the worker benchmarks (~5 min), scratch on /work
     .venv/bin/python bench/run.py --list
 
 Every command is timed as a fresh process (the `queuectl` beside the Python running this
@@ -16,8 +18,14 @@ into the scratch directory) and each command runs once untimed first, so no time
 compiles Python source. Results go to stdout and, as JSON, to bench/results/ (gitignored).
 
 The benchmarks live in the bench_*.py modules imported below, registered with
-harness.benchmark; see harness.py for how to add one. Standard library only; the library
-under test is imported just to write fixture job files in its own format."""
+harness.benchmark; see harness.py for how to add one. Standard library only, except that
+the worker benchmarks read processes' CPU and memory with psutil (a queuectl dependency); the
+library under test is imported to write fixture job files in its own format and, by the
+worker benchmarks, to read and write heartbeat rows of the index.
+
+Where the scratch directory lives matters: creating a file in this VM's /tmp costs ~0.3-0.6
+ms against ~20 us under /work, and tmpfs has free fsyncs. `--scratch DIR` chooses it; the
+header of every run prints the path and its filesystem type."""
 
 import argparse
 import json
@@ -32,11 +40,13 @@ from datetime import datetime, timezone
 
 import bench_submit  # noqa: F401  (registers enqueue_cli, batch_enqueue_10k)
 import bench_reads  # noqa: F401  (registers status_list_100k, reindex_100k)
+import bench_workers  # noqa: F401  (pickup, throughput, memory, metrics_100k, heartbeat_cost)
 from harness import BENCHMARKS, CommandFailed, Context
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
-ORDER = ("enqueue_cli", "status_list_100k", "batch_enqueue_10k", "reindex_100k")
+ORDER = ("enqueue_cli", "status_list_100k", "batch_enqueue_10k", "reindex_100k",
+         "pickup", "throughput", "memory", "metrics_100k", "heartbeat_cost")
 
 
 def ordered_benchmarks():
@@ -82,6 +92,11 @@ def parse_args(argv):
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--queuectl", metavar="PATH",
                         help="the queuectl executable (default: the one beside this Python)")
+    parser.add_argument("--scratch", metavar="DIR",
+                        help="make the scratch directory inside DIR (created if missing; "
+                             "default: the system's temporary directory, usually /tmp). "
+                             "File creation cost differs a lot between filesystems: say "
+                             "where a run was made when comparing runs")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--no-save", action="store_true",
                         help="do not write the JSON summary into bench/results/")
@@ -100,11 +115,13 @@ def run_all(ctx, names):
     failed = []
     for name in names:
         ctx.start(BENCHMARKS[name])
+        started = time.perf_counter()
         try:
             BENCHMARKS[name].fn(ctx)
         except CommandFailed as exc:
             failed.append(name)
             ctx.note(f"FAILED: {exc}")
+        print(f"  ({name} took {time.perf_counter() - started:.0f} s)", flush=True)
     return failed
 
 
@@ -133,16 +150,19 @@ def main(argv=None):
             print(f"{name:<20} {BENCHMARKS[name].summary}")
         return 0
     names = args.only or ordered_benchmarks()
-    root = tempfile.mkdtemp(prefix="queuectl-bench-")
+    if args.scratch:
+        os.makedirs(args.scratch, exist_ok=True)
+    root = os.path.abspath(tempfile.mkdtemp(prefix="queuectl-bench-", dir=args.scratch))
     ctx = Context(args.quick, root, sys.executable, find_queuectl(args.queuectl))
     meta = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": args.quick, "benchmarks": names, "commit": git_commit(),
             "python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "queuectl": ctx.queuectl,
+            "scratch": root, "scratch_fs": bench_workers.fs_type(root),
             "load_average_start": load_average()}
     print(f"queuectl benchmarks{' (quick)' if args.quick else ''}: commit {meta['commit']}, "
           f"Python {meta['python']}, {meta['cpus']} CPUs, {meta['platform']}")
-    print(f"scratch {root}; load average {meta['load_average_start']}")
+    print(f"scratch {root} ({meta['scratch_fs']}); load average {meta['load_average_start']}")
     started = time.perf_counter()
     try:
         failed = run_all(ctx, names)

@@ -28,6 +28,17 @@ def test_quick_enqueue_and_reindex_benchmarks_print_their_figures():
     assert "status_list_100k" not in out and "batch_enqueue_10k" not in out
 
 
+def test_quick_pickup_benchmark_starts_a_worker_and_prints_its_figures():
+    ran = run_bench("--only", "pickup")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = ran.stdout
+    for expected in ("== pickup", "pickup, idle worker, inotify", "p50", "p95",
+                     "floor: python spawns sh -c 'date ...' directly",
+                     "pickup p50 / spawn floor p50", "== targets"):
+        assert expected in out, f"{expected!r} missing from:\n{out}"
+    assert "FAILED" not in out
+
+
 def test_unknown_benchmark_is_a_usage_error_listing_the_names():
     ran = run_bench("--only", "nope")
     assert ran.returncode == 2
