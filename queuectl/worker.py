@@ -51,7 +51,10 @@ class Worker:
         self.next_scan = 0.0
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
-        self.next_retention = 0.0
+        # Retention is checked the first time the worker is idle, then every minute: a
+        # worker (re)started with a backlog runs jobs before it lstat()s completed/.
+        self.next_retention = self.clock() + RETENTION_SECONDS
+        self.retention_checked = False
 
     # ---- control --------------------------------------------------------------------------
     def request_stop(self, immediately=False):
@@ -123,6 +126,7 @@ class Worker:
             self.heartbeat()
 
     def purge_expired(self):
+        self.retention_checked = True
         retention = self.home.settings.completed_retention
         if retention:
             try:
@@ -368,6 +372,9 @@ class Worker:
                     continue
                 if self.stopping:
                     break
+                if not self.retention_checked:
+                    self.purge_expired()
+                    continue
                 select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:
