@@ -11,8 +11,8 @@ Sizes. The issue's CI size is 2,000 jobs x 3 rounds, but on 2 cores the SIGKILL 
 ~55 s on their own and the file would not fit in ~60 s. The default runs the largest sizes
 that fit: 1,000 jobs x 3 rounds for the SIGKILL storm, 800 x 1 for the SIGTERM storm and
 12 producer batches of 200 (two in three killed). The issue's CI size and its stress size
-(10,000 x 20) run under `pytest -m stress`. Seeds are
-recorded (set TORTURE_SEED to replay one)."""
+(10,000 x 20) run under `pytest -m stress`. Seeds are recorded (set TORTURE_SEED to replay
+one)."""
 
 import os
 import random
@@ -65,8 +65,9 @@ def run_storm(home, workers, wait_until, name, jobs, rounds, signum):
             ids = [f"r{number}-{n:06d}" for n in range(jobs)]
             acked = produce(home, ids, command)
             acknowledged += acked
-            wait_until(lambda: finished(spool, acked), timeout=60 + jobs / 10,
-                       interval=0.1, message=f"round {number}: every acknowledged job done")
+            wait_until(lambda: workers.assert_supervisors_alive() or finished(spool, acked),
+                       timeout=60 + jobs / 10, interval=0.1,
+                       message=f"round {number}: every acknowledged job done")
             round_times.append(time.monotonic() - round_started)
     finally:
         storm.stop()

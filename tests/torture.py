@@ -484,6 +484,11 @@ class Workers:
                     continue
         return found
 
+    def assert_supervisors_alive(self):
+        """Fail at once (also from inside a wait_until predicate) if a supervisor died."""
+        dead = [pid for pid in self.supervisors if not _alive(pid)]
+        assert not dead, f"supervisor {dead} died"
+
     def stop(self, timeout=2):
         """`queuectl worker stop --timeout 2`, then SIGKILL whatever of the home is left."""
         try:
@@ -500,6 +505,13 @@ class Workers:
                 pass
         psutil.wait_procs(procs, timeout=5)
         return procs
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture
