@@ -364,5 +364,10 @@ class _Transaction:
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            # SQLite rolls back by itself on some errors (corruption, I/O, a full disk): a
+            # second ROLLBACK would fail and hide the error that matters.
+            self.db.execute("ROLLBACK")
         return False
