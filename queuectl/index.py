@@ -77,7 +77,10 @@ class Index:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
-            self._move_aside(exc)
+            try:
+                self._move_aside(exc)
+            except OSError:      # cannot be set aside (an immutable file): say what is wrong
+                raise exc from None
             return self._connect()
 
     def is_db_error(self, exc):
