@@ -96,14 +96,7 @@ ENQUEUE_FAULTS = [f"{e}@{op}" for op in ("write", "fsync", "link", "fsyncdir")
 BATCH_FAULTS = ["EIO@write#3", "ENOSPC@fsync#2", "EIO@link#3", "ENOSPC@link#2"]
 
 
-@pytest.fixture
-def spool(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    return home / "spool"
-
-
-def _check_refused(home, spool, ran, fault, log):
+def _check_refused(cli, spool, ran, fault, log):
     errno_name, op = fault.split("#")[0].split("@")
     assert ran.returncode == 1, (ran.stdout, ran.stderr)
     assert "Traceback" not in ran.stderr
@@ -115,27 +108,27 @@ def _check_refused(home, spool, ran, fault, log):
     assert any(o == op for o, _ in ops(log)), f"the fault never fired: {ops(log)}"
     assert_no_fsync_retried(log, errno_name, op)
     # The index does not list them either, and the next enqueue goes through.
-    status = json.loads(queuectl(home, "status", "--json").stdout)
+    status = json.loads(cli("status", "--json").stdout)
     assert status["counts"]["pending"] == 0
-    again = queuectl(home, "enqueue", '{"id": "after", "command": "true"}')
-    assert again.returncode == 0 and again.stdout.split() == ["after"], again.stderr
+    again = cli("enqueue", '{"id": "after", "command": "true"}')
+    assert again.exit_code == 0 and again.stdout.split() == ["after"], again.stderr
     assert listing(spool, "pending") == ["after.json"] and listing(spool, "tmp") == []
 
 
 @pytest.mark.parametrize("fault", ENQUEUE_FAULTS)
-def test_enqueue_fails_cleanly(tmp_path, spool, fault):
+def test_enqueue_fails_cleanly(tmp_path, cli, spool, fault):
     home, log = spool.parent, tmp_path / "ops.log"
     ran = queuectl(home, "enqueue", '{"id": "j1", "command": "echo never"}', fault=fault,
                    log=log)
-    _check_refused(home, spool, ran, fault, log)
+    _check_refused(cli, spool, ran, fault, log)
 
 
 @pytest.mark.parametrize("fault", BATCH_FAULTS)
-def test_a_batch_failing_part_way_enqueues_none(tmp_path, spool, fault):
+def test_a_batch_failing_part_way_enqueues_none(tmp_path, cli, spool, fault):
     home, log = spool.parent, tmp_path / "ops.log"
     batch = "".join(json.dumps({"id": f"b{i}", "command": "true"}) + "\n" for i in range(4))
     ran = queuectl(home, "enqueue", "-", input=batch, fault=fault, log=log)
-    _check_refused(home, spool, ran, fault, log)
+    _check_refused(cli, spool, ran, fault, log)
 
 
 def test_a_failed_enqueue_races_no_worker(tmp_path, spool):
@@ -187,13 +180,13 @@ def _unlocked(path):
 
 
 @pytest.mark.parametrize("fault", FINISH_FAULTS)
-def test_a_worker_that_cannot_finish_leaves_the_job_recoverable(tmp_path, spool, fault):
+def test_a_worker_that_cannot_finish_leaves_the_job_recoverable(tmp_path, cli, spool, fault):
     home, log, ran_file = spool.parent, tmp_path / "ops.log", tmp_path / "ran"
     errno_name, op = fault.split("#")[0].split("@")
-    assert queuectl(home, "config", "set", "backoff_max", "0").returncode == 0  # retry at once
-    assert queuectl(home, "config", "set", "worker_poll_interval", "0.2").returncode == 0
+    assert cli("config", "set", "backoff_max", "0").exit_code == 0      # retry at once
+    assert cli("config", "set", "worker_poll_interval", "0.2").exit_code == 0
     job = {"id": "j1", "command": f"echo ran >> {ran_file}"}
-    assert queuectl(home, "enqueue", json.dumps(job)).returncode == 0
+    assert cli("enqueue", json.dumps(job)).exit_code == 0
     app_log = home / "data" / "logs" / "queuectl.log"
 
     faulty = subprocess.Popen([QUEUECTL, "worker", "run"], env=env_for(home, fault, log),
@@ -243,4 +236,4 @@ def test_a_worker_that_cannot_finish_leaves_the_job_recoverable(tmp_path, spool,
     runs = len(ran_file.read_text().split())
     assert done["exit_code"] == 0 and done["attempts"] == runs, (done, runs)
     assert listing(spool, "processing") == [] and listing(spool, "tmp") == []
-    assert queuectl(home, "fsck").returncode == 0
+    assert cli("fsck").exit_code == 0
