@@ -105,8 +105,9 @@ class Results:
     malformed: list          # lines that do not parse, or an end with no start
 
     def by_id(self):
+        """{id: [Execution]}, each list in the order the executions started."""
         runs = {}
-        for run in self.executions:
+        for run in sorted(self.executions, key=lambda r: (r.start_ns, r.attempt)):
             runs.setdefault(run.job_id, []).append(run)
         return runs
 
@@ -122,8 +123,8 @@ def read_results(results):
                     not all(p.isdigit() for p in (parts[1], *parts[3:])):
                 malformed.append(f"{path.name}: {line!r}")
                 continue
-            job_id, attempt, what, ns, pid, worker = parts[0], *map(int, parts[1:2]), \
-                parts[2], *map(int, parts[3:])
+            job_id, what = parts[0], parts[2]
+            attempt, ns, pid, worker = int(parts[1]), *map(int, parts[3:])
             key = (job_id, attempt, pid)
             if what == "overlap":
                 overlaps.append((job_id, attempt, pid, worker))
