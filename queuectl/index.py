@@ -201,6 +201,11 @@ class Index:
     def delete_if(self, job_id, expected_state):
         self.db.execute("DELETE FROM jobs WHERE id=? AND state=?", (job_id, expected_state))
 
+    def take_hints(self, state):
+        """{id: (priority, due_ts)} of the jobs indexed in a state."""
+        return {r[0]: (r[1], r[2]) for r in self.db.execute(
+            "SELECT id, priority, due_ts FROM jobs WHERE state=?", (state,))}
+
     def ids_in(self, state):
         return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state=?", (state,))}
 

@@ -48,7 +48,6 @@ class Claim:
     data: bytes
     st: os.stat_result
     origin: str
-    settled: bool = False     # the move out of origin/ is durable (see settle_claim)
 
 
 def display_name(name):
@@ -362,11 +361,9 @@ class Spool:
         (or rejected/). Directory operations that were never fsynced may be lost by a power
         cut while later, fsynced ones survive: without this the claim could be lost and the
         move into dest kept, leaving the job in two states (origin and dest). Not needed
-        when origin is processing/ (recovery) or dest itself (whose fsync covers it). A
-        worker settles its claim while the job runs (dest=None), off the critical path."""
-        if claim.origin not in ("processing", dest) and not claim.settled:
+        when origin is processing/ (recovery) or dest itself (whose fsync covers it)."""
+        if claim.origin not in ("processing", dest):
             fsops.fsync_dir(self.dir(claim.origin))
-            claim.settled = True
 
     def release(self, claim, unlink):
         """Drop a claim: optionally unlink its processing/ file, then close (unlock)."""

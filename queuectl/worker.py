@@ -23,6 +23,7 @@ from .spool import NotAJobFile, is_candidate
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
 RECOVERY_SECONDS = 5
+HINT_THRESHOLD = 200         # new files in one scan above which the index supplies hints
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
 TAKE_FROM = ("pending", "failed")
@@ -91,10 +92,25 @@ class Worker:
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
-            for name in names:
-                if (state, name[:-len(jobmod.JOB_SUFFIX)]) not in self.picker:
+            new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker]
+            hints = self._index_hints(state) if len(new) > HINT_THRESHOLD else {}
+            for name in new:
+                stem = name[:-len(jobmod.JOB_SUFFIX)]
+                if stem in hints:
+                    self.picker.add(state, stem, *hints[stem])
+                else:
                     self.consider(state, name, now)
         self.picker.compact()
+
+    def _index_hints(self, state):
+        """{id: (priority, due)} from the index, so a worker starting on a large backlog
+        need not read every file first. Only hints: a claim re-reads and re-checks the file
+        under its lock, and anything the index does not know is read as usual."""
+        try:
+            return self.home.index.take_hints(state)
+        except Exception as exc:      # a broken index only costs reading the files
+            log.warning("%s: index unavailable for hints (%s)", self.label, exc)
+            return {}
 
     def _events(self, now):
         names, overflowed = self.wakeup.drain()
@@ -345,7 +361,9 @@ class Worker:
     def _idle_timeout(self, now):
         limits = [self.next_scan - now, self.next_heartbeat - now]
         due = self.picker.next_due()
-        if due is not None:
+        # While paused, ready jobs stay in the picker with due times in the past: waking
+        # for them would spin. Resuming is seen through inotify or the poll timer.
+        if due is not None and not (due <= now and self.home.spool.is_paused()):
             limits.append(due - now)
         limits.extend(d - now for d in self.unsettled.values())
         return max(0.0, min(limits))
@@ -359,6 +377,7 @@ class Worker:
         log.info("%s started (%s)", self.label,
                  "inotify" if self.watch else "polling, inotify unavailable")
         try:
+            self.heartbeat()           # report in before a possibly long first scan
             while not self.stopping:
                 try:
                     if self.run_once():
