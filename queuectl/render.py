@@ -52,12 +52,16 @@ def _when(row, now):
         return "-"
 
 
+def _tries(row):
+    """attempts made / runs allowed (max_retries + 1)."""
+    allowed = "-" if row.get("max_retries") is None else row["max_retries"] + 1
+    return f"{row.get('attempts') or 0}/{allowed}"
+
+
 def job_table(rows, now=None):
     now = time.time() if now is None else now
     return table(["ID", "STATE", "PRI", "TRIES", "WHEN", "COMMAND / LAST ERROR"], [
-        [r["id"], r["state"], r.get("priority"),
-         f"{r.get('attempts') or 0}/{'-' if r.get('max_retries') is None else r['max_retries'] + 1}",
-         _when(r, now),
+        [r["id"], r["state"], r.get("priority"), _tries(r), _when(r, now),
          _one_line(r.get("command") if r["state"] != "rejected" and not
                    (r["state"] in ("failed", "dead") and r.get("last_error"))
                    else r.get("last_error"), 60)]

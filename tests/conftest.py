@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
+
+from polling import wait_until as wait_until_fn
 from click.testing import CliRunner
 
 from queuectl.cli import main
@@ -101,25 +103,12 @@ def spawn_queuectl(home):
     return spawn
 
 
-def _wait_until(predicate, timeout=10, interval=0.02, message=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            what = message or getattr(predicate, "__name__", repr(predicate))
-            pytest.fail(f"timed out after {timeout}s waiting for {what} "
-                        f"(last result: {value!r})")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def wait_until():
     """wait_until(predicate, timeout=10, interval=0.02, message=None): poll until the
     predicate returns something truthy and return it; fail the test, naming what was
     awaited, on timeout. Use it instead of sleeping to wait for a state."""
-    return _wait_until
+    return wait_until_fn
 
 
 @pytest.fixture

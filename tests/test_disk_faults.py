@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from polling import wait_until
+
 QUEUECTL = os.path.join(os.path.dirname(sys.executable), "queuectl")
 _FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
                 "QUEUECTL_FAULT_LOG")
@@ -40,17 +42,6 @@ def env_for(home, fault=None, log=None):
 def queuectl(home, *args, fault=None, log=None, input=None):
     return subprocess.run([QUEUECTL, *map(str, args)], env=env_for(home, fault, log),
                           input=input, capture_output=True, text=True, timeout=60)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def listing(spool, state):
@@ -138,7 +129,8 @@ def test_a_failed_enqueue_races_no_worker(tmp_path, spool):
     worker = subprocess.Popen([QUEUECTL, "worker", "run"], env=env_for(home),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (spool / "pending").exists(), 10, "the worker to create the spool")
+        wait_until(lambda: (spool / "pending").exists(), 10,
+                   message="the worker to create the spool")
         batch = "".join(json.dumps({"id": f"r{i}", "command": f"echo r{i} >> {tmp_path}/ran"})
                         + "\n" for i in range(20))
         ran = queuectl(home, "enqueue", "-", input=batch, fault="EIO@fsyncdir", log=log)
@@ -192,19 +184,19 @@ def test_a_worker_that_cannot_finish_leaves_the_job_recoverable(tmp_path, cli, s
     faulty = subprocess.Popen([QUEUECTL, "worker", "run"], env=env_for(home, fault, log),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: ran_file.exists(), 15, "the job to run under the faulty worker")
-        wait_for(lambda: "could not finish j1" in app_log.read_text(), 15,
-                 "the worker to give up finishing j1")
+        wait_until(lambda: ran_file.exists(), 15, message="the job to run under the faulty worker")
+        wait_until(lambda: "could not finish j1" in app_log.read_text(), 15,
+                 message="the worker to give up finishing j1")
         if "#" in fault:
             # One failing call: the worker's own recovery (at its next scan) moves the job
             # on, counting the lost attempt, and the job runs again and completes.
-            wait_for(lambda: states_of(spool, "j1") == ["completed"], 15,
-                     "the faulty worker's recovery to move j1 on and complete it")
+            wait_until(lambda: states_of(spool, "j1") == ["completed"], 15,
+                     message="the faulty worker's recovery to move j1 on and complete it")
         else:
             # Every such call fails: the worker's recovery fails the same way, and the job
             # waits in processing/, unlocked, for a worker that can write.
-            wait_for(lambda: "recovery of j1 failed" in app_log.read_text(), 15,
-                     "the worker's recovery of j1 to fail too")
+            wait_until(lambda: "recovery of j1 failed" in app_log.read_text(), 15,
+                     message="the worker's recovery of j1 to fail too")
             where = states_of(spool, "j1")
             # With directory fsyncs failing, recovery's move itself happens and only its
             # fsync fails: the copy left in processing/ is then a leftover beside it.
@@ -224,10 +216,10 @@ def test_a_worker_that_cannot_finish_leaves_the_job_recoverable(tmp_path, cli, s
     normal = subprocess.Popen([QUEUECTL, "worker", "run"], env=env_for(home),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: f":{normal.pid} started" in app_log.read_text(), 15,
-                 "the normal worker to start")
-        wait_for(lambda: states_of(spool, "j1") == ["completed"], 20,
-                 "a normal worker to complete j1")
+        wait_until(lambda: f":{normal.pid} started" in app_log.read_text(), 15,
+                 message="the normal worker to start")
+        wait_until(lambda: states_of(spool, "j1") == ["completed"], 20,
+                 message="a normal worker to complete j1")
     finally:
         normal.send_signal(signal.SIGTERM)
         out, err = normal.communicate(timeout=30)

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from polling import wait_until
+
 from queuectl.index import Index, job_row
 from queuectl.spool import JOB_STATES, Spool
 
@@ -50,17 +52,6 @@ def run(home, *args, input=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
     proc.elapsed = time.monotonic() - started
     return proc
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_answers_or_says_unusable(proc, what):
@@ -229,7 +220,7 @@ def _garbage(q):
 def _delete_wal(q):
     wal = str(q.db) + "-wal"
     # After a reindex the WAL may be gone until a worker writes again (its heartbeat).
-    wait_for(lambda: os.path.exists(wal) and os.path.getsize(wal) > 0, 10, "a live -wal")
+    wait_until(lambda: os.path.exists(wal) and os.path.getsize(wal) > 0, 10, message="a live -wal")
     os.unlink(wal)
 
 
@@ -288,7 +279,7 @@ def _through_fault(q, name, apply, lock_seconds=None):
     prefix = name.replace("_", "-")
     before = [f"{prefix}-a{i}" for i in range(BATCH)]
     q.enqueue(before)
-    wait_for(lambda: q.completed(before) >= BATCH // 2, 30, "the first jobs to complete")
+    wait_until(lambda: q.completed(before) >= BATCH // 2, 30, message="the first jobs to complete")
 
     fault = apply(q)
     applied = time.monotonic()
@@ -306,8 +297,8 @@ def _through_fault(q, name, apply, lock_seconds=None):
         print(f"{name}: status during the fault: exit {status.returncode} in "
               f"{status.elapsed:.2f}s {status.stderr.strip()}")
     # Jobs keep flowing while the fault is in place (for the lock: before it is released).
-    wait_for(lambda: q.completed(q.all_ids) - done_at_fault >= FLOW, 20,
-                      f"{FLOW} jobs to complete during the fault")
+    wait_until(lambda: q.completed(q.all_ids) - done_at_fault >= FLOW, 20,
+                      message=f"{FLOW} jobs to complete during the fault")
     during = time.monotonic() - applied
     if lock_seconds:
         assert during < lock_seconds, \
@@ -325,8 +316,8 @@ def _through_fault(q, name, apply, lock_seconds=None):
 
     # Nothing lost, nothing run twice, every worker still the same process.
     ids = before + dropped + later
-    wait_for(lambda: q.completed(ids) == len(ids), 120, "every job to complete")
-    wait_for(lambda: not os.listdir(q.spool / "processing"), 30, "processing/ to empty")
+    wait_until(lambda: q.completed(ids) == len(ids), 120, message="every job to complete")
+    wait_until(lambda: not os.listdir(q.spool / "processing"), 30, message="processing/ to empty")
     runs = q.runs()
     assert sorted(i for i in runs if i in set(ids)) == sorted(ids), "a job ran twice or never"
     assert len(runs) == len(set(runs)) == len(q.all_ids)
