@@ -43,6 +43,7 @@ import psutil
 import pytest
 
 from conftest import QUEUECTL, queuectl_env
+from workerkit import home_processes
 
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 REPORT_FILE = Path(__file__).resolve().parent.parent / "bench" / "results" / "torture.txt"
@@ -434,23 +435,6 @@ def finished(spool, ids):
     return ids <= done_ids(spool)
 
 
-def home_processes(home):
-    """Live processes of this home: the home's path on the command line (supervisors,
-    workers, and jobs whose command names a path in it) or QUEUECTL_HOME set to it."""
-    home = str(home)
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if any(home in part for part in proc.info["cmdline"] or ()) or \
-                    proc.environ().get("QUEUECTL_HOME") == home:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 class Workers:
     """Worker pools of one home, started through the real CLI and always torn down."""
 
@@ -541,6 +525,27 @@ def flock_owners():
     return owners
 
 
+class Background:
+    """A daemon thread calling self._tick() every `interval` seconds until stop()."""
+
+    def _start_thread(self, interval):
+        self.interval = interval
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._halt.set()
+        self._thread.join(timeout=30)
+
+    def _run(self):
+        while not self._halt.wait(self.interval):
+            self._tick()
+
+
 @dataclass
 class Kill:
     at: float
@@ -548,72 +553,54 @@ class Kill:
     busy: bool     # the victim held a job's flock (a claim) just before or after the signal
 
 
-class KillStorm:
+class KillStorm(Background):
     """Every `interval` seconds, send `signum` to one random live worker. A kill is `busy`
     when the victim held a job's flock: claimed, running or finishing a job; only such a kill
     can make a job run again."""
 
     def __init__(self, pool, seed, interval=0.2, signum=signal.SIGKILL):
-        self.pool, self.interval, self.signum = pool, interval, signum
+        self.pool, self.signum = pool, signum
         self.rng = random.Random(seed)
         self.kills = []
         self.idle_ticks = 0
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._halt.set()
-        self._thread.join(timeout=30)
+        self._start_thread(interval)
 
     @property
     def busy_kills(self):
         return sum(k.busy for k in self.kills)
 
-    def _run(self):
-        while not self._halt.wait(self.interval):
-            victims = sorted(self.pool.live())
-            if not victims:
-                self.idle_ticks += 1
-                continue
-            pid = self.rng.choice(victims)
-            before = flock_owners()
-            try:
-                os.kill(pid, self.signum)
-            except ProcessLookupError:
-                continue
-            busy = pid in before or pid in flock_owners()
-            self.kills.append(Kill(time.monotonic(), pid, busy))
+    def _tick(self):
+        victims = sorted(self.pool.live())
+        if not victims:
+            self.idle_ticks += 1
+            return
+        pid = self.rng.choice(victims)
+        before = flock_owners()
+        try:
+            os.kill(pid, self.signum)
+        except ProcessLookupError:
+            return
+        busy = pid in before or pid in flock_owners()
+        self.kills.append(Kill(time.monotonic(), pid, busy))
 
 
-class PendingWatch:
+class PendingWatch(Background):
     """Keeps reading every new file in pending/ while a test runs: anything that is not a
     complete, valid job when it becomes visible there is recorded in `bad`."""
 
     def __init__(self, spool, interval=0.01):
         self.dir = Path(spool) / "pending"
-        self.interval = interval
         self.seen = set()            # (name, inode): a requeue brings a new inode
         self.bad = []
         self.looks = 0
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self):
-        self._thread.start()
-        return self
+        self._start_thread(interval)
 
     def stop(self):
-        self._halt.set()
-        self._thread.join(timeout=30)
+        super().stop()
         self._look()                  # one last look after the producers are done
 
-    def _run(self):
-        while not self._halt.wait(self.interval):
-            self._look()
+    def _tick(self):
+        self._look()
 
     def _look(self):
         self.looks += 1
