@@ -43,7 +43,7 @@ import psutil
 import pytest
 
 from conftest import QUEUECTL, queuectl_env
-from workerkit import home_processes
+from workerkit import home_processes, kill_processes, pid_alive
 
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 REPORT_FILE = Path(__file__).resolve().parent.parent / "bench" / "results" / "torture.txt"
@@ -471,7 +471,7 @@ class Workers:
 
     def assert_supervisors_alive(self):
         """Fail at once (also from inside a wait_until predicate) if a supervisor died."""
-        dead = [pid for pid in self.supervisors if not _alive(pid)]
+        dead = [pid for pid in self.supervisors if not pid_alive(pid)]
         assert not dead, f"supervisor {dead} died"
 
     def stop(self, timeout=2):
@@ -483,20 +483,8 @@ class Workers:
 
     def kill_leftovers(self):
         procs = home_processes(self.home)
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=5)
+        kill_processes(procs)
         return procs
-
-
-def _alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
