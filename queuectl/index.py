@@ -226,10 +226,6 @@ class Index:
             "SELECT count(*) FROM jobs WHERE state='pending' AND due_ts>?", (now,)).fetchone()[0]
         return ready, scheduled, oldest
 
-    def ready_due_times(self, now):
-        return [r[0] for r in self.db.execute(
-            "SELECT due_ts FROM jobs WHERE state='pending' AND due_ts<=?", (now,))]
-
     def list(self, state=None, limit=None):
         """Rows in take order for pending (priority, then due time), newest first for the
         rest; all states: pending first, then the others by recency."""

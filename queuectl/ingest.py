@@ -16,7 +16,7 @@ from . import job as jobmod
 from . import lifecycle
 from .errors import InvalidJob
 from .index import job_row
-from .spool import JOB_STATES, REASON_SUFFIX, NotAJobFile, display_name
+from .spool import REASON_SUFFIX, NotAJobFile, display_name
 
 RACY_SECONDS = 3
 

@@ -87,7 +87,7 @@ def claim(home, state, job_id):
     return taken
 
 
-def mark_running(home, doc, worker_id):
+def mark_running(home, doc):
     _index_job(home, "claim", doc, "processing")
 
 

@@ -34,12 +34,13 @@ def _throughput(home, now, timings):
     """Completed jobs per minute over the last 1, 5 and 15 minutes: exact from the timings
     window while it reaches back far enough, else from per-minute buckets."""
     oldest = home.index.oldest_timing()
+    complete = home.index.timings_complete()
     current = int(now // 60)
     buckets = None
     result = {}
     for minutes in (1, 5, 15):
         start = now - minutes * 60
-        if oldest is not None and oldest <= start or home.index.timings_complete():
+        if complete or oldest is not None and oldest <= start:
             done = sum(1 for ts, outcome, _, _ in timings if outcome == "completed" and ts >= start)
         else:
             if buckets is None:

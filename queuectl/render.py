@@ -136,7 +136,7 @@ def metrics_text(m):
     tp, wait, run = m["throughput_per_min"], m["queue_wait_s"], m["run_time_s"]
     lines = [
         f"home: {m['home']}" + ("   PAUSED" if m["paused"] else ""),
-        f"jobs:        " + "  ".join(f"{k} {v}" for k, v in jobs.items())
+        "jobs:        " + "  ".join(f"{k} {v}" for k, v in jobs.items())
         + f"  rejected {m['rejected']}",
         f"backlog:     ready {backlog['ready']}, scheduled {backlog['scheduled']}, "
         f"oldest ready {age(backlog['oldest_ready_age_s'])}",

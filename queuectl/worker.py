@@ -225,7 +225,7 @@ class Worker:
         attempt = doc.get("attempts", 0) + 1
         started = time.time()
         self.current = doc["id"]
-        lifecycle.mark_running(home, doc, self.worker_id)
+        lifecycle.mark_running(home, doc)
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,
