@@ -25,6 +25,7 @@ from typing import Callable
 
 import psutil
 import pytest
+from workerkit import home_processes, kill_processes
 from click.testing import CliRunner
 
 from queuectl.cli import main
@@ -403,13 +404,7 @@ class WorkerTarget(Target):
             subprocess.run([QUEUECTL, "worker", "stop", "--timeout", "2"],
                            env=queuectl_env(self.home), capture_output=True, timeout=40)
         finally:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                try:
-                    if str(self.home) in " ".join(proc.info["cmdline"] or ()) and \
-                            proc.pid != os.getpid():
-                        proc.kill()
-                except psutil.Error:
-                    pass
+            kill_processes(home_processes(self.home))
 
 
 @pytest.fixture(scope="module")

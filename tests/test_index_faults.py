@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+from workerkit import home_processes, kill_processes
 
 from polling import wait_until
 
@@ -164,12 +165,7 @@ class Queue:
         try:
             run(self.home, "worker", "stop", "--timeout", "2", timeout=60)
         finally:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                try:
-                    if str(self.home) in " ".join(proc.info["cmdline"] or ()):
-                        proc.kill()
-                except psutil.Error:
-                    pass
+            kill_processes(home_processes(self.home))
 
 
 @pytest.fixture(scope="module")
