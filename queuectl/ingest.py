@@ -16,7 +16,7 @@ from . import job as jobmod
 from . import lifecycle
 from .errors import InvalidJob
 from .index import job_row
-from .spool import REASON_SUFFIX, NotAJobFile, display_name
+from .spool import NotAJobFile, display_name
 
 RACY_SECONDS = 3
 
@@ -146,9 +146,8 @@ def _rejected_row(spool, name):
     """The index row of rejected/<name> from the disk alone: rejected_at is when its reason
     was written (a rename keeps the file's own mtime, the drop time), size the file's."""
     st = spool.lstat("rejected", name)
-    noted = spool.lstat("rejected", name + REASON_SUFFIX) or st
     return (display_name(name), spool.reject_reason(name) or "rejected (no reason recorded)",
-            jobmod.iso(noted.st_mtime if noted else 0), st.st_size if st else None)
+            jobmod.iso(spool.rejected_at(name) or 0), st.st_size if st else None)
 
 
 def _sync_rejected(home):

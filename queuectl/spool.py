@@ -126,14 +126,24 @@ class Spool:
         _unlink_quietly(self._cancel_marker(job_id))
 
     def files_older_than(self, state, cutoff):
-        """Names in a state directory (or rejected/) last changed before `cutoff`."""
-        names = self.rejected_names() if state == "rejected" else self.names(state)
+        """Names in a state directory last changed before `cutoff`; in rejected/, names
+        rejected before it (see rejected_at)."""
+        if state == "rejected":
+            return [name for name in self.rejected_names()
+                    if (self.rejected_at(name) or cutoff) < cutoff]
         old = []
-        for name in names:
+        for name in self.names(state):
             st = self.lstat(state, name)
             if st is not None and st.st_mtime < cutoff:
                 old.append(name)
         return old
+
+    def rejected_at(self, name):
+        """When rejected/<name> was rejected: its reason file's mtime (written at the
+        rejection). The file itself keeps the bytes and the mtime it was dropped with, so
+        its own mtime (the fallback when the reason is missing) is the drop time."""
+        st = self.lstat("rejected", name + REASON_SUFFIX) or self.lstat("rejected", name)
+        return st.st_mtime if st is not None else None
 
     def purge(self, state, name):
         """Delete a job file, its output log, and (for rejected/) its reason file. A

@@ -8,6 +8,7 @@ import os
 import time
 
 from controlkit import iso_ago, metrics, pgid_members, report, stays
+from queuectl import job as jobmod
 from workerkit import ids_in, pool, q, read_job, states_of  # noqa: F401
 
 POLL_INTERVAL = 1          # config worker_poll_interval's default
@@ -264,12 +265,30 @@ def test_purge_rejected_removes_the_reason_file_too(cli, drop, spool, age_file):
     assert sorted(os.listdir(spool / "rejected")) == ["junk.json", "junk.json.reason"]
     kept = cli("purge", "--state", "rejected", "--older-than", "1h")
     assert (kept.exit_code, kept.stdout) == (0, "purged 0 rejected jobs older than 1h\n")
-    age_file(spool / "rejected" / "junk.json", 7200)
+    age_file(spool / "rejected" / "junk.json.reason", 7200)     # rejected two hours ago
     purged = cli("purge", "--state", "rejected", "--older-than", "1h")
     assert (purged.exit_code, purged.stdout) == (0, "purged 1 rejected job older than 1h\n")
     assert os.listdir(spool / "rejected") == []
     assert json.loads(cli("list", "--state", "rejected", "--json").stdout) == []
     assert report(cli, "status")["rejected"] == 0
+
+
+def test_purge_rejected_ages_files_by_their_rejection_not_their_drop(cli, drop, spool,
+                                                                     age_file):
+    """Issue 8, bug 8: a file dropped (or copied with cp -p) long ago and rejected just now
+    keeps its old mtime in rejected/; it is as old as its rejection, not as its bytes."""
+    drop("old.json", "not json either", age=30 * 86400)
+    assert cli("list").exit_code == 0            # rejected now
+    assert (spool / "rejected" / "old.json").stat().st_mtime < time.time() - 29 * 86400
+    kept = cli("purge", "--state", "rejected", "--older-than", "7d")
+    assert (kept.exit_code, kept.stdout) == (0, "purged 0 rejected jobs older than 7d\n")
+    assert sorted(os.listdir(spool / "rejected")) == ["old.json", "old.json.reason"]
+    row = json.loads(cli("list", "--state", "rejected", "--json").stdout)[0]
+    assert time.time() - jobmod.parse_time(row["updated_at"]) < 60
+    age_file(spool / "rejected" / "old.json.reason", 8 * 86400)
+    purged = cli("purge", "--state", "rejected", "--older-than", "7d")
+    assert (purged.exit_code, purged.stdout) == (0, "purged 1 rejected job older than 7d\n")
+    assert os.listdir(spool / "rejected") == []
 
 
 def test_purge_usage_errors_exit_2(cli):
