@@ -361,6 +361,9 @@ def reindex(ctx):
     from .ingest import reindex as rebuild
     home = _home(ctx)
     counts = rebuild(home)
+    if home.index.moved_aside:
+        click.echo(f"the index was unusable ({home.index.aside_reason}); set aside: "
+                   f"{', '.join(os.path.basename(p) for p in home.index.moved_aside)}")
     total = sum(counts.values())
     detail = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
     click.echo(f"reindexed {total} jobs from {home.spool_dir}" + (f" ({detail})" if detail else ""))

@@ -64,6 +64,8 @@ class Index:
         self._db = None
         self._ino = None
         self.busy_ms = 60000       # how long a statement waits for another writer's lock
+        self.moved_aside = []      # paths this object set aside (reported by reindex)
+        self.aside_reason = None
 
     # ---- connection ---------------------------------------------------------------------
     @property
@@ -104,8 +106,11 @@ class Index:
         return type(exc) is sqlite3.DatabaseError
 
     def replace_corrupt(self, exc):
-        """Set a corrupt database aside and start a new one, keeping whatever config rows
-        can still be read from it."""
+        """Set a broken database (queue.db with its -wal and -shm) aside and start a new
+        one, keeping whatever config rows can still be read from it. For any error but a
+        lock held by another process: a -shm or -wal that SQLite cannot use (deleted under
+        a live connection, a directory in its place) fails with "disk I/O error" or "attempt
+        to write a readonly database", not as corruption."""
         try:
             kept = self.config()
         except sqlite3.Error:
@@ -163,11 +168,15 @@ class Index:
         except FileNotFoundError:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        if any(os.path.lexists(f"{self.path}.corrupt-{stamp}{s}") for s in ("", "-wal", "-shm")):
+            stamp += f"-{os.getpid()}-{os.urandom(2).hex()}"    # never replace an older one
         log.warning("index %s is unusable (%s); moved aside to %s.corrupt-%s and recreated",
                     self.path, reason, self.path, stamp)
+        self.aside_reason = str(reason)
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.rename(self.path + suffix, f"{self.path}.corrupt-{stamp}{suffix}")
+                self.moved_aside.append(f"{self.path}.corrupt-{stamp}{suffix}")
             except FileNotFoundError:
                 pass
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import job as jobmod
 from . import lifecycle
-from .errors import InvalidJob
+from .errors import IndexUnusable, InvalidJob
 from .index import job_row
 from .spool import NotAJobFile, display_name
 
@@ -181,20 +181,31 @@ def ingest(home, now=None):
 
 
 def reindex(home, now=None):
-    """Rebuild the job part of the index from a full scan of the spool; returns counts. A
-    corrupt index is set aside and rebuilt from scratch (its config kept where readable)."""
+    """Rebuild the job part of the index from a full scan of the spool; returns counts.
+    reindex must always be able to rebuild: an index SQLite cannot use for any reason but
+    another process's lock (corrupt, a deleted or broken -wal or -shm, "disk I/O error") is
+    set aside as queue.db.corrupt-<time>[-wal|-shm] (listed in home.index.moved_aside) and
+    rebuilt from scratch (its config kept where readable). IndexUnusable if even a fresh
+    index cannot be written (data/ read-only or full)."""
     from filelock import FileLock
     now = home.clock() if now is None else now
     home.spool.ensure_layout()
+    index = home.index
     with FileLock(home.path("reindex.lock")):
         try:
             _rebuild(home, now)
         except Exception as exc:
-            if not home.index.is_corrupt(exc):
+            if not index.is_db_error(exc) or index.is_busy(exc):
                 raise
-            home.index.replace_corrupt(exc)
-            _rebuild(home, now)
-    return home.index.counts()
+            index.replace_corrupt(exc)
+            try:
+                _rebuild(home, now)
+            except Exception as again:
+                if not index.is_db_error(again) or index.is_busy(again):
+                    raise
+                raise IndexUnusable(f"cannot rebuild the index {index.path}: {again} (is "
+                                    f"{home.data_dir} writable and not full?)") from None
+    return index.counts()
 
 
 def _rebuild(home, now):
