@@ -286,7 +286,7 @@ def dlq_retry(ctx, ids, retry_all, as_json):
 
 @main.group()
 def config():
-    """Show and change settings (stored in data/queue.db).
+    """Show and change settings (stored in data/config.json).
 
     \b
     Examples:
