@@ -542,8 +542,8 @@ def purge(ctx, state, older_than, as_json):
 @click.pass_context
 def fsck(ctx, repair, as_json):
     """Check the spool: unowned files in processing/, ids in two states,
-    stale tmp/ files, files that are not jobs, index rows that disagree
-    with the spool. Exits 1 if anything is wrong (with --repair: if anything
+    stale tmp/ files, files that are not jobs, stale cancel markers, index
+    rows that disagree with the spool. Exits 1 if anything is wrong (with --repair: if anything
     could not be fixed). Safe while workers run.
 
     \b

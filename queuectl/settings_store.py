@@ -94,7 +94,7 @@ def load(home):
                              f"not be read for settings: {exc})")
     if migrated is not None:
         return Settings(migrated)
-    if _holds_jobs(home.spool):
+    if home.spool.holds_jobs():
         return Settings(note=f"defaults ({shown_path(home)} missing)")
     if os.path.isdir(home.data_dir):
         try:
@@ -120,19 +120,6 @@ def _migrate(home):
     except Exception:      # harmless: the file wins from now on
         pass
     return rows
-
-
-def _holds_jobs(spool):
-    """True if any state directory holds a job file (stops at the first one)."""
-    from .spool import JOB_STATES, is_candidate
-    for state in JOB_STATES:
-        try:
-            with os.scandir(spool.dir(state)) as entries:
-                if any(is_candidate(entry.name) for entry in entries):
-                    return True
-        except OSError:
-            continue
-    return False
 
 
 def _stored(home):

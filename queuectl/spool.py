@@ -230,6 +230,17 @@ class Spool:
         except FileNotFoundError:
             return []
 
+    def holds_jobs(self):
+        """True if any state directory holds a job file (stops at the first one found)."""
+        for state in JOB_STATES:
+            try:
+                with os.scandir(self.dir(state)) as entries:
+                    if any(is_candidate(entry.name) for entry in entries):
+                        return True
+            except OSError:
+                continue
+        return False
+
     def find(self, job_id):
         """The job states holding <id>.json right now (normally one; two after a crash).
         A job moving against the scan order (dead or failed -> processing -> pending) can
