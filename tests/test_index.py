@@ -147,7 +147,6 @@ def test_a_late_enqueue_write_does_not_undo_a_worker_s_completion(home, run_queu
             time.sleep(0.01)
         held = lifecycle.claim(h, "pending", "late")
         doc = lifecycle.parse_claimed(h, held, h.clock())
-        lifecycle.mark_running(h, doc)
         lifecycle.complete(h, held, doc, Result(exit_code=0, duration_s=0.01), h.clock())
         assert h.index.get("late")["state"] == "completed"
         assert enqueue.poll() is None      # still waiting for the lock
