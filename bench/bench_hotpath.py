@@ -406,9 +406,9 @@ def print_load(ctx, reps):
 @benchmark("hotpath", "issue 9 side by side: direct spawn, task-spooler -S 2, queuectl with "
                       "2 workers (pickup, drain, one by one, CPU per job, submit)")
 def bench_hotpath(ctx):
-    sizes = {"reps": ctx.scale(3, 1), "pickup": ctx.scale(30, 5),
-             "jobs": ctx.scale(2_000, 200), "submit": ctx.scale(15, 3),
-             "batch": ctx.scale(10_000, 1_000)}
+    sizes = {"reps": ctx.scale(3, 1), "pickup": ctx.scale(30, 3),
+             "jobs": ctx.scale(2_000, 100), "submit": ctx.scale(15, 2),
+             "batch": ctx.scale(10_000, 500)}
     if ctx.reps:
         sizes["reps"] = ctx.reps
     tsp = find_tsp()

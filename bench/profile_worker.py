@@ -18,8 +18,10 @@ the profile. The sampled GIL time per job is printed next to the worker's CPU pe
 calls made without the GIL (fsync, most of a spawn) and includes time the holder waits for a
 CPU on a loaded machine; read the table as shares of the worker's Python work.
 
-cProfile (--profiler cprofile) runs in the worker's own process, the main thread only (it
-cannot see watchdog's threads) and inflates cheap calls; use it where ptrace is not allowed.
+cProfile (--profiler cprofile) runs in the worker's own process, switched on by SIGUSR2 at the
+resume and timed by the main thread's CPU clock: the main thread only (it cannot see
+watchdog's threads), and its per-call overhead inflates cheap calls; use it where ptrace is
+not allowed, or to count calls per job.
 
 Standard library only, besides py-spy itself."""
 
@@ -36,13 +38,15 @@ from collections import Counter
 from bench_workers import fs_type, job_count, wait_for
 from harness import CommandFailed, Context
 
+# cProfile in the worker's process, timed by the main thread's CPU clock (so waiting in
+# select is not counted), switched on by SIGUSR2 just before the queue is resumed.
 CPROFILE_WRAPPER = """\
-import cProfile, sys
+import cProfile, signal, sys, time
 import queuectl.cli, queuectl.worker, queuectl.lifecycle, queuectl.runner   # outside the profile
 out = sys.argv[1]
 sys.argv = ['queuectl', *sys.argv[2:]]
-profile = cProfile.Profile()
-profile.enable()
+profile = cProfile.Profile(time.thread_time)
+signal.signal(signal.SIGUSR2, lambda *_: profile.enable())
 try:
     queuectl.cli.main()
 finally:
@@ -86,20 +90,6 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_of(parent):
-    """The first live child of `parent` (from /proc), or None."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent and fields[0] != "Z":
-                return int(entry)
-    return None
-
-
 class Drain:
     """A home with `jobs` `true` jobs behind the pause flag, and the drain's figures."""
 
@@ -112,18 +102,27 @@ class Drain:
         if not os.path.exists(self.paused):
             raise CommandFailed(f"`queuectl pause` did not create {self.paused}")
 
-    def run(self, worker):
-        """Resume, wait for every job, stop the worker (SIGTERM); returns (jobs, CPU
-        seconds, wall seconds) counted from the first completion to the last."""
+    def run(self, worker, before=None):
+        """Resume (after calling before(), if given), wait for every job, stop the worker
+        (its Popen; SIGTERM); returns (jobs, CPU seconds of the worker, wall seconds) from the resume
+        to the last job completed."""
+        if before:
+            before()
+        cpu, start = proc_cpu(worker.pid), time.perf_counter()
         os.unlink(self.paused)
-        first = wait_for(lambda: (lambda n: (n, proc_cpu(worker), time.perf_counter())
-                                  if n else None)(job_count(self.home, "completed")),
-                         60, 0.001, "the first job to complete")
-        wait_for(lambda: job_count(self.home, "completed") >= self.jobs, 1800, 0.02,
-                 f"{self.jobs} completed jobs")
-        cpu, end = proc_cpu(worker), time.perf_counter()
-        os.kill(worker, signal.SIGTERM)
-        return self.jobs - first[0], cpu - first[1], end - first[2]
+        wait_for(lambda: self._done(worker), 1800, 0.02, f"{self.jobs} completed jobs")
+        cpu, end = proc_cpu(worker.pid) - cpu, time.perf_counter()
+        worker.terminate()
+        return self.jobs, cpu, end - start
+
+
+    def _done(self, worker):
+        if job_count(self.home, "completed") >= self.jobs:
+            return True
+        if worker.poll() is not None:
+            raise CommandFailed(f"the worker exited ({worker.returncode}) before the drain "
+                                "ended")
+        return False
 
 
 def worker_argv(ctx, home):
@@ -162,7 +161,7 @@ def profile_pyspy(ctx, args, drain):
                  0.02, "py-spy to attach")
         if spy.poll() is not None:
             raise CommandFailed(f"py-spy exited {spy.returncode}: {open(err_path).read()}")
-        jobs, cpu, wall = drain.run(worker.pid)
+        jobs, cpu, wall = drain.run(worker)
         worker.wait(60)
         spy.wait(60)
     finally:
@@ -212,7 +211,7 @@ def profile_cprofile(ctx, args, drain):
                               stderr=subprocess.DEVNULL)
     try:
         wait_started(drain.home, worker.pid)
-        jobs, cpu, wall = drain.run(worker.pid)
+        jobs, cpu, wall = drain.run(worker, lambda: os.kill(worker.pid, signal.SIGUSR2))
         worker.wait(60)
     finally:
         if worker.poll() is None:
@@ -225,7 +224,8 @@ def cprofile_table(path, jobs, top):
     import pstats
     stats = pstats.Stats(path).stats
     rows = sorted(stats.items(), key=lambda item: item[1][3], reverse=True)[:top]
-    print(f"\n  top {top} functions by cumulative time (main thread only), per job:")
+    print(f"\n  top {top} functions by cumulative time (main thread only, its CPU clock), "
+          "per job:")
     print(f"    {'cum us/job':>10} {'self us':>8} {'calls/job':>9}  function (file:line)")
     for (filename, line, name), (_, ncalls, tottime, cumtime, _) in rows:
         where = filename if filename == "~" else os.path.relpath(filename)
@@ -261,7 +261,7 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     jobs = figures["jobs"]
-    print(f"\n  worker, from the first job completed to the last ({jobs:,} jobs, "
+    print(f"\n  worker, from the resume to the last job completed ({jobs:,} jobs, "
           f"{figures['wall_s']:.1f} s, {jobs / figures['wall_s']:.0f} jobs/s): CPU "
           f"{figures['cpu_s'] / jobs * 1e6:.0f} us/job (user + system, all threads, /proc)"
           + (f"; sampled (GIL held) {sampled:.0f} us/job" if sampled else ""))
