@@ -15,8 +15,8 @@ Each run has its own server (TS_SOCKET in WORKDIR, TS_SLOTS=2, output files unde
 through TMPDIR), stopped with `tsp -K` at the end. Modes:
   pickup K   K idle-queue jobs, one at a time: from spawning `tsp sh -c 'date > stamp'` to
              the stamp the job writes (one untimed warm-up first)
-  drain N    2 blocker jobs hold both slots while N `tsp true` are queued; then the blockers
-             are released and the N jobs drain
+  drain N    2 blocker jobs hold both slots while N `tsp true` are queued (at most
+             MAX_QUEUED: see there); then the blockers are released and the jobs drain
   e2e N      N `tsp true` submitted one after another while the server runs them
   submit K   the wall time of K `tsp true` calls (the shell's submit cost)
 Standard library only: the benchmark runs this with the Python of the install under test."""
@@ -26,12 +26,27 @@ import json
 import os
 import random
 import shlex
+import signal
 import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
 SLOTS = 2
 RELEASE = "release"        # the file whose creation lets the drain's blockers finish
+# Every queued job holds a connection to the server (its waiting client), and task-spooler's
+# server stops accepting at about 1,000 (MAXCONN): a client past that blocks for good. So at
+# most this many jobs wait at once: the drain queues no more, one-by-one waits for a job to
+# finish before submitting past it.
+MAX_QUEUED = 900
+CALL_TIMEOUT = 60          # seconds a tsp call or a wait for one job may take: then we fail
+
+
+class Stuck(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Stuck("a tsp process did not exit in time (is the server refusing connections?)")
 
 
 def become_subreaper():
@@ -100,12 +115,20 @@ class Spooler:
         while self.reap_one(block=False) is not None:
             pass
 
+    def reap_blocking(self):
+        """Reap one process, waiting for it at most CALL_TIMEOUT seconds (then Stuck)."""
+        signal.setitimer(signal.ITIMER_REAL, CALL_TIMEOUT)
+        try:
+            return self.reap_one(block=True)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
     def call(self, *args, book="clients"):
         """Run `tsp ARGS` to its end; returns its wall time (reaping whatever else exits)."""
         start = time.perf_counter()
         pid = self.spawn(*args, book=book)
         while pid in self.ours:
-            self.reap_one(block=True)
+            self.reap_blocking()
         return time.perf_counter() - start
 
     def wait_clients(self, count, timeout=600):
@@ -114,7 +137,7 @@ class Spooler:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.clients_done} of {count} tsp jobs finished "
                                    f"within {timeout} s")
-            if self.reap_one(block=True) is None:
+            if self.reap_blocking() is None:
                 raise RuntimeError(f"no tsp process left after {self.clients_done} of "
                                    f"{count} jobs")
 
@@ -128,7 +151,13 @@ class Spooler:
         self.clients_done = 0
 
     def stop_server(self):
-        self.call("-K", book="control")
+        """`tsp -K`, then kill what is left of ours (a failed run's clients), reap it all."""
+        try:
+            self.call("-K", book="control")
+        except Stuck:
+            pass
+        for pid in children():
+            os.kill(pid, signal.SIGKILL)
         while self.reap_one(block=True) is not None:
             pass
 
@@ -184,8 +213,11 @@ def pickup(sp, samples):
 
 
 def drain(sp, total):
+    total = min(total, MAX_QUEUED)
     release = os.path.join(sp.workdir, RELEASE)
-    blocker = f"while [ ! -e {shlex.quote(release)} ]; do sleep 0.005; done"
+    # Bounded (about 10 minutes), so that a blocker outlives no failed run for long.
+    blocker = (f"i=0; while [ ! -e {shlex.quote(release)} ] && [ $i -lt 120000 ]; "
+               "do sleep 0.005; i=$((i+1)); done")
     for _ in range(SLOTS):
         sp.call("sh", "-c", blocker)
     for _ in range(total):
@@ -194,12 +226,15 @@ def drain(sp, total):
     start = time.perf_counter()
     sp.wait_clients(total + SLOTS)
     elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "jobs_per_s": total / elapsed, "jobs": total + SLOTS}
+    return {"seconds": elapsed, "jobs_per_s": total / elapsed, "jobs": total + SLOTS,
+            "queued": total}
 
 
 def e2e(sp, total):
     start = time.perf_counter()
-    for _ in range(total):
+    for i in range(total):
+        if i - sp.clients_done >= MAX_QUEUED:
+            sp.wait_clients(i - MAX_QUEUED + 1)
         sp.call("true")
     sp.wait_clients(total)
     elapsed = time.perf_counter() - start
@@ -218,6 +253,7 @@ MODES = {"pickup": pickup, "drain": drain, "e2e": e2e, "submit": submit}
 def main(argv):
     tsp, workdir, mode, size = argv
     become_subreaper()
+    signal.signal(signal.SIGALRM, _alarm)
     sp = Spooler(tsp, workdir)
     sp.start_server()
     try:
