@@ -24,6 +24,7 @@ The install matters for start-up (an editable install adds a finder at every sta
 there; the header says which kind of install was measured. The enqueue goal is only judged
 on a normal install. The load average is recorded before and after every figure."""
 
+import json
 import os
 import random
 import shutil
@@ -107,7 +108,6 @@ def rotate(items, n):
 def tspkit(ctx, tsp, mode, size):
     """One task-spooler run in bench/tspkit.py; returns its JSON, or None (and a note) if
     it failed: the other systems' figures are still worth having."""
-    import json
     if not tsp:
         return None
     workdir = ctx.new_dir(f"tsp-{mode}")
@@ -132,7 +132,6 @@ def pcts(samples):
 
 def pickup_enqueue_samples(ctx, home, stamps, samples, rng):
     """Like pickup_samples, but each job submitted by spawning `queuectl enqueue JSON`."""
-    import json
     result = []
     for i in range(samples + 1):
         stamp = os.path.join(stamps, f"enqueue-{i}-{time.time_ns()}")
@@ -375,7 +374,7 @@ def judge(ctx, row, reps):
         if not base:
             return "–", [], f"not judged: no {TITLES.get(goal.base, goal.base)} figure"
         runs = [o / b for o, b in zip(ours, base)]
-        value = statistics.median(ours) / statistics.median(base)
+        value = statistics.median(runs)
         shown = f"{value:.2f}x"
     if not goal.judged:
         return shown, runs, "not judged (editable install: make bench-hotpath)"
@@ -388,7 +387,8 @@ def table_line(ctx, row, reps):
              if s in row.columns else "" for s in SYSTEMS]
     shown, runs, verdict = judge(ctx, row, reps) if row.goal else ("", [], "")
     if len(runs) > 1:
-        shown += " (" + " ".join(f"{r:.2f}" for r in runs) + ")"
+        digits = 2 if row.goal.base else row.digits
+        shown += " (" + " ".join(f"{r:,.{digits}f}" for r in runs) + ")"
     ctx.record(f"{row.workload}.{row.figure}.{'.'.join(row.columns.values())}",
                f"{row.label.strip()} ({row.unit}), per rep",
                {s: per_rep(reps, row.workload, row.figure, s) for s in row.columns.values()},
@@ -399,7 +399,9 @@ def table_line(ctx, row, reps):
 
 def print_table(ctx, reps, editable):
     print(f"\n  medians of {len(reps)} rep{'s' if len(reps) != 1 else ''} [min–max]; "
-          "queuectl's ratio is of the medians (each run's own ratio in brackets)", flush=True)
+          "queuectl's ratio is the median of each rep's own ratio (those in brackets): "
+          "the reps ran under different loads, a ratio within a rep is the fair one",
+          flush=True)
     lines = ["| | " + " | ".join(TITLES[s] for s in SYSTEMS) + " | queuectl ratio | goal | |",
              "|---" * (len(SYSTEMS) + 4) + "|"]
     lines += [table_line(ctx, row, reps) for row in rows(editable)]
