@@ -16,7 +16,7 @@ import time
 from . import job as jobmod
 from . import control, lifecycle, metrics, recovery, render, runner, watcher
 from .errors import InvalidJob
-from .ingest import examine, handle_bad, settle_deadline
+from .ingest import Verdict, examine, handle_bad, settle_deadline
 from .picker import Picker
 from .spool import NotAJobFile, is_candidate
 
@@ -44,6 +44,7 @@ class Worker:
         self.wakeup = watcher.Wakeup()
         self.watch = None
         self.unsettled = {}        # (state, name) -> when to look again
+        self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
         self.stopping = False
         self.stop_now = False
         self.current = None
@@ -73,6 +74,10 @@ class Worker:
     # ---- finding work -----------------------------------------------------------------------
     def consider(self, state, name, now):
         """Look at one file in pending/ or failed/ and remember it if it is a job."""
+        if (state, name) in self.skipped:
+            if self.skipped[(state, name)] == self._signature(state, name):
+                return
+            del self.skipped[(state, name)]
         verdict = examine(self.home, state, name, now)
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
@@ -89,6 +94,8 @@ class Worker:
         for state in TAKE_FROM:
             names = self.home.spool.names(state)
             present = {name[:-len(jobmod.JOB_SUFFIX)] for name in names}
+            for key in [k for k in self.skipped if k[0] == state and k[1] not in names]:
+                del self.skipped[key]
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
@@ -176,14 +183,14 @@ class Worker:
         self._housekeeping(now)
         if self.stopping or self.home.spool.is_paused():
             return False
-        while True:
+        while not self.stopping:
             candidate = self.picker.pop_ready(now)
             if candidate is None:
                 return False
             try:
                 held = lifecycle.claim(self.home, candidate.state, candidate.job_id)
-            except NotAJobFile:
-                self.consider(candidate.state, candidate.job_id + jobmod.JOB_SUFFIX, now)
+            except NotAJobFile as exc:
+                self._unclaimable(candidate.state, candidate.job_id, exc, now)
                 continue
             if held is not None:
                 try:
@@ -193,6 +200,26 @@ class Worker:
                         self.home.spool.release(held, unlink=False)
                     self.current = None
                     raise
+
+    def _unclaimable(self, state, job_id, exc, now):
+        """A file the claim could not open or lock as a job. The claim is the judge: it
+        opens read-write, so a file we may read but not write (a 0444 drop-in, root's file
+        in a service user's spool) is rejected with the claim's reason, not re-read
+        read-only and put back in the picker (which made the claim loop spin). If even the
+        rejection fails, the file is left alone until it changes."""
+        if exc.gone:
+            return
+        name = job_id + jobmod.JOB_SUFFIX
+        try:
+            handle_bad(self.home, state, name, Verdict(reason=exc.reason), now)
+        except OSError as err:
+            log.error("%s: cannot reject %s/%s (%s): %s; skipped until it changes",
+                      self.label, state, name, exc.reason, err)
+            self.skipped[(state, name)] = self._signature(state, name)
+
+    def _signature(self, state, name):
+        st = self.home.spool.lstat(state, name)
+        return st and (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
     def _take(self, held, now):
         try:
