@@ -95,6 +95,14 @@ class Spool:
                 pass
         self._ready = True
 
+    def ensure_output(self):
+        """Re-create output/ if it was deleted since ensure_layout ran (which runs once per
+        process). Errors are left to the log's open, which reports them for the job."""
+        try:
+            os.mkdir(self.dir("output"), 0o700)
+        except OSError:
+            pass
+
     def is_paused(self):
         return os.path.lexists(os.path.join(self.root, PAUSE_FILE))
 

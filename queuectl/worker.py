@@ -253,6 +253,7 @@ class Worker:
         started = time.time()
         self.current = doc["id"]
         lifecycle.mark_running(home, doc)
+        home.spool.ensure_output()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,

@@ -54,3 +54,61 @@ def test_a_read_only_drop_in_is_rejected_not_spun_on_and_sigterm_stops_the_worke
             proc.wait()
     assert proc.returncode == 0
     assert home_processes(home) == [], describe(home_processes(home))
+
+
+# ---- bug 2: an output log that cannot be opened ---------------------------------------------
+
+def test_deleted_output_dir_is_recreated_and_the_job_runs(pool, spool, wait_until):
+    pool.start(1)
+    first = pool.enqueue({"id": "first", "command": "echo one"})
+    wait_until(lambda: states_of(spool, first) == ["completed"], timeout=20)
+    for name in os.listdir(spool / "output"):
+        os.unlink(spool / "output" / name)
+    os.rmdir(spool / "output")
+    # A drop-in (enqueue would re-create the layout itself): only the worker can notice.
+    (spool / "tmp" / "second").write_text(json.dumps({"command": "echo two", "max_retries": 0}))
+    os.rename(spool / "tmp" / "second", spool / "pending" / "second.json")
+    second = "second"
+    wait_until(lambda: states_of(spool, second) in (["completed"], ["dead"]), timeout=20,
+               message="the job to finish")
+    assert states_of(spool, second) == ["completed"], read_job(spool, second, "dead")
+    assert "two" in (spool / "output" / "second.log").read_text().splitlines()
+    assert oct(os.stat(spool / "output").st_mode & 0o777) == oct(0o700 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_log_that_cannot_be_opened_fails_the_attempt_with_that_reason(pool, spool,
+                                                                      wait_until, tmp_path):
+    Spool(str(spool)).ensure_layout()
+    blocker = spool / "output" / "blocked.log"
+    blocker.mkdir()
+    (blocker / "keep").write_text("a directory that is not empty cannot be replaced")
+    marker = tmp_path / "ran"
+    pool.start(1)
+    job = pool.enqueue({"id": "blocked", "command": f"touch {marker}", "max_retries": 0})
+    wait_until(lambda: states_of(spool, job) not in (["pending"], ["processing"]), timeout=20,
+               message="the attempt to end")
+    assert states_of(spool, job) == ["dead"]
+    record = read_job(spool, job, "dead")
+    assert record["attempts"] == 1 and record["exit_code"] is None
+    assert record["last_error"] == (f"cannot write the output log {blocker}: it is a directory "
+                                    "that is not empty; "
+                                    "the command was not started")
+    assert not marker.exists()
+
+
+def test_running_job_has_every_field_when_its_log_cannot_be_opened(tmp_path):
+    from queuectl import runner
+    job = runner.RunningJob("true", str(tmp_path), dict(os.environ), -1,
+                            str(tmp_path / "missing" / "j.log"), "header\n")
+    assert (job.timed_out, job.stopped, job.cancelled, job.pid) == (None, False, False, None)
+    result = job.finish("worker test:1")
+    assert (result.ok, result.exit_code, result.timed_out, result.stopped) == \
+        (False, None, False, False)
+    assert result.error == (f"cannot write the output log {tmp_path}/missing/j.log: "
+                            "No such file or directory; the command was not started")
