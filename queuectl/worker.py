@@ -158,7 +158,7 @@ class Worker:
         if retention:
             try:
                 control.purge(self.home, "completed", retention)
-            except OSError as exc:
+            except Exception as exc:     # a full disk, a locked or corrupt index: next time
                 log.error("purging completed jobs failed: %s", exc)
 
     def recover(self, now):
@@ -328,7 +328,7 @@ class Worker:
                 running.kill_group()
                 return
             if self.clock() >= self.next_heartbeat:
-                self.heartbeat()
+                self.heartbeat(busy=True)
             limits = [1.0, self.next_heartbeat - self.clock()]
             limits += [t - now for t in (deadline, stop_deadline) if t is not None]
             fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
@@ -348,9 +348,16 @@ class Worker:
         return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
-    def heartbeat(self, state=None):
+    def heartbeat(self, state=None, busy=False):
+        """Record our state in the index (best effort) and keep the metrics textfile fresh.
+        While a job runs (`busy`, from _wait) the textfile is built from the index as it
+        stands: an ingest (a spool rescan, index writes that may wait on a lock) must never
+        delay the job's timeout or stop handling."""
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
-        self.home.index.reopen_if_replaced()
+        try:
+            self.home.index.reopen_if_replaced()
+        except Exception as exc:
+            log.warning("%s: index unavailable (%s)", self.label, exc)
         try:
             cpu, rss = runner.process_stats()
         except Exception:
@@ -364,9 +371,9 @@ class Worker:
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
         if self.home.settings.metrics_textfile:
-            self.write_textfile(self.home.settings.metrics_textfile)
+            self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
 
-    def write_textfile(self, path):
+    def write_textfile(self, path, ingest=True):
         """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
         older than a heartbeat interval, so the queries run about once per interval in all;
         tmp + fsync + rename, so node_exporter never reads half a file."""
@@ -379,8 +386,8 @@ class Worker:
             log.warning("metrics textfile %s: %s", path, exc)
             return
         try:
-            text = render.prometheus_text(metrics.report(self.home,
-                                                         metrics.worker_rows(self.home)))
+            text = render.prometheus_text(metrics.report(
+                self.home, metrics.worker_rows(self.home), ingest_first=ingest))
             tmp = f"{path}.{self.pid}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
@@ -414,6 +421,9 @@ class Worker:
                 try:
                     if self.run_once():
                         continue
+                    if not self.retention_checked and not self.stopping:
+                        self.purge_expired()
+                        continue
                 except Exception:
                     # Never die over one bad step: the spool is unchanged or recoverable
                     # (a claim we could not finish stays in processing/ for recovery).
@@ -423,9 +433,6 @@ class Worker:
                     continue
                 if self.stopping:
                     break
-                if not self.retention_checked:
-                    self.purge_expired()
-                    continue
                 select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:

@@ -112,3 +112,93 @@ def test_running_job_has_every_field_when_its_log_cannot_be_opened(tmp_path):
         (False, None, False, False)
     assert result.error == (f"cannot write the output log {tmp_path}/missing/j.log: "
                             "No such file or directory; the command was not started")
+
+
+# ---- bug 4: nothing the index does may kill or stall a worker --------------------------------
+
+WORKER_SCRIPT = ("import sys; from queuectl.home import Home; from queuectl.worker import "
+                 "run_worker; sys.exit(run_worker(Home(sys.argv[1])))")
+
+
+def drop_job(spool, job_id, command):
+    """A drop-in (tmp + rename), so nothing but the worker touches the index."""
+    tmp = spool / "tmp" / job_id
+    tmp.write_text(json.dumps({"command": command}))
+    os.rename(tmp, spool / "pending" / f"{job_id}.json")
+
+
+def old_completed_job(spool, job_id, days=30):
+    """A completed job far past the default retention (7 days): the worker's first idle
+    moment purges it, and the purge then brings the index in line."""
+    path = spool / "completed" / f"{job_id}.json"
+    path.write_text(json.dumps({"id": job_id, "command": "true", "attempts": 1}))
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+    return path
+
+
+@pytest.fixture
+def lone_worker(home):
+    """A worker process of its own (no supervisor to restart it if it dies)."""
+    procs = []
+
+    def start():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+        proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(home)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def keeps_working(proc, spool, wait_until):
+    """The worker purges the old completed job at its first idle moment, then still runs
+    a job dropped afterwards, and stops promptly on SIGTERM."""
+    wait_until(lambda: not (spool / "completed" / "ancient.json").exists() or
+               proc.poll() is not None, timeout=20, message="the first idle moment's purge")
+    drop_job(spool, "later", "echo later")
+    wait_until(lambda: states_of(spool, "later") == ["completed"] or proc.poll() is not None,
+               timeout=30, message="the job dropped afterwards to run")
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    assert states_of(spool, "later") == ["completed"]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_a_locked_index_at_the_first_idle_moment_does_not_kill_the_worker(
+        cli, home, spool, lone_worker, wait_until):
+    assert cli("status").exit_code == 0
+    Spool(str(spool)).ensure_layout()
+    old_completed_job(spool, "ancient")
+    holder = sqlite3.connect(str(home / "data" / "queue.db"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")          # another process holds the index's write lock
+    try:
+        keeps_working(lone_worker(), spool, wait_until)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_an_index_corrupted_under_a_running_worker_does_not_kill_it(
+        cli, home, spool, lone_worker, wait_until, tmp_path):
+    assert cli("status").exit_code == 0
+    Spool(str(spool)).ensure_layout()
+    old_completed_job(spool, "ancient")
+    gate, started = tmp_path / "go", tmp_path / "started"
+    drop_job(spool, "gated", f"touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done")
+    proc = lone_worker()
+    wait_until(started.exists, timeout=20, message="the first job to start")
+    # Corrupt the open index in place (same inode: the worker's connection sees it), so the
+    # first idle moment, right after this job, meets a corrupt database.
+    for path in [home / "data" / "queue.db", *(home / "data").glob("queue.db-wal")]:
+        with open(path, "r+b") as f:
+            f.write(b"this is not an SQLite database\n" * (os.path.getsize(path) // 31 + 1))
+    gate.touch()
+    wait_until(lambda: states_of(spool, "gated") == ["completed"] or proc.poll() is not None,
+               timeout=20, message="the gated job to finish")
+    keeps_working(proc, spool, wait_until)
