@@ -25,6 +25,7 @@ KNOWN_FIELDS = ("id", "command", "cwd", "timeout", "exit_code", "last_error", "d
 IGNORED_FIELDS = ("state",)
 PRIORITY_LIMIT = 2**31 - 1
 MAX_RETRIES_LIMIT = 1000
+MAX_DELAY_SECONDS = 100 * 365 * 86400    # a retry is never scheduled further ahead
 # Deepest nesting of arrays and objects accepted. Fixed and far below the interpreter's
 # recursion limit, so whether a file parses never depends on how deep the caller's stack is
 # (a worker accepting a job that `reindex` or `show` then finds "nested too deeply").
@@ -71,12 +72,13 @@ def new_id(now):
 
 
 def retry_delay(attempts, backoff_base, backoff_max):
-    """Seconds to wait before the next attempt after `attempts` attempts have failed."""
+    """Seconds to wait before the next attempt after `attempts` attempts have failed; never
+    more than MAX_DELAY_SECONDS, so now + delay is always a valid time."""
     try:
         delay = float(backoff_base) ** attempts
     except OverflowError:
         delay = math.inf
-    return min(delay, float(backoff_max))
+    return min(delay, float(backoff_max), MAX_DELAY_SECONDS)
 
 
 def is_exhausted(job):

@@ -45,6 +45,7 @@ class Worker:
         self.watch = None
         self.unsettled = {}        # (state, name) -> when to look again
         self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
+        self.recovery_failed = set()   # names in processing/ whose recovery raised
         self.stopping = False
         self.stop_now = False
         self.current = None
@@ -169,9 +170,14 @@ class Worker:
                 continue
             try:
                 state = recovery.recover_one(self.home, job_id, now)
-            except OSError as exc:
-                log.error("recovery of %s failed: %s", job_id, exc)
+            except Exception as exc:     # one bad orphan must not stop the others or us
+                # Logged once per file (retried every RECOVERY_SECONDS, quietly).
+                log.log(logging.DEBUG if name in self.recovery_failed else logging.ERROR,
+                        "%s: recovery of processing/%s failed: %s; skipped, will retry",
+                        self.label, name, exc)
+                self.recovery_failed.add(name)
                 continue
+            self.recovery_failed.discard(name)
             if state in TAKE_FROM:
                 self.consider(state, name, now)
 

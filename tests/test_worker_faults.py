@@ -202,3 +202,87 @@ def test_an_index_corrupted_under_a_running_worker_does_not_kill_it(
     wait_until(lambda: states_of(spool, "gated") == ["completed"] or proc.poll() is not None,
                timeout=20, message="the gated job to finish")
     keeps_working(proc, spool, wait_until)
+
+
+# ---- bug 5: one failing orphan must not stop recovery; config values the code can use ---------
+
+def orphan(spool, job_id, attempts=0):
+    """A job file in processing/ that nobody holds: its worker died."""
+    Spool(str(spool)).ensure_layout()
+    (spool / "processing" / f"{job_id}.json").write_text(json.dumps(
+        {"id": job_id, "command": "true", "max_retries": 30, "attempts": attempts}))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("backoff_max", "1e12", "backoff_max must be between 0 and 3153600000 (100 years), "
+                            "got 1000000000000.0"),
+    ("backoff_base", "1e6", "backoff_base must be between 1 and 1000, got 1000000.0"),
+    ("job_timeout", "1e300", "job_timeout must be between 0 and 3153600000 (100 years), "
+                             "got 1e+300"),
+    ("max_job_bytes", str(10**12), "max_job_bytes must be between 2 and 67108864, "
+                                   "got 1000000000000"),
+])
+def test_config_set_refuses_values_the_code_cannot_represent(cli, key, value, message):
+    result = cli("config", "set", key, value)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+
+
+def test_a_stored_backoff_max_out_of_range_does_not_stop_recovery(cli, home, spool, pool,
+                                                                  wait_until):
+    from queuectl.home import Home
+    assert cli("status").exit_code == 0
+    stored = Home(str(home))
+    stored.index.set_config("backoff_base", 10)
+    stored.index.set_config("backoff_max", 1e12)   # as an older version accepted it
+    stored.close()
+    orphan(spool, "orphan-a", attempts=20)     # 10 ** 21 s, capped at 1e12: year 33715
+    orphan(spool, "orphan-b", attempts=20)
+    pool.start(1)
+    job = pool.enqueue({"id": "fresh", "command": "true"})
+    wait_until(lambda: states_of(spool, job) == ["completed"], timeout=20,
+               message="the worker to get past recovery and run a job")
+    for job_id in ("orphan-a", "orphan-b"):
+        assert states_of(spool, job_id) == ["failed"]
+        record = read_job(spool, job_id, "failed")
+        assert (record["attempts"], record["last_error"]) == (21, "worker died")
+
+
+@pytest.fixture
+def failing_recovery_of():
+    """Make every spool call on one path raise a non-OSError (a bug, a value out of range),
+    through the spool's own fault hook."""
+    from queuectl import fsops
+
+    def install(path):
+        def hook(op, target):
+            if target == str(path):
+                raise ValueError("year 33715 is out of range")
+        fsops.set_hook(hook)
+    yield install
+    fsops.set_hook(None)
+
+
+def test_recover_skips_a_failing_orphan_and_recovers_the_others(cli, spool,
+                                                                failing_recovery_of):
+    orphan(spool, "bad")
+    orphan(spool, "good")
+    failing_recovery_of(spool / "processing" / "bad.json")
+    result = cli("recover")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "bad: recovery failed: year 33715 is out of range\n"
+           "good: worker died: attempt counted, moved to failed (will retry)\n", "")
+    assert states_of(spool, "good") == ["failed"]
+    assert states_of(spool, "bad") == ["processing"]
+
+
+def test_a_worker_skips_a_failing_orphan_and_recovers_the_others(home, spool,
+                                                                 failing_recovery_of):
+    from queuectl.home import Home
+    from queuectl.worker import Worker
+    orphan(spool, "bad")
+    orphan(spool, "good")
+    failing_recovery_of(spool / "processing" / "bad.json")
+    worker = Worker(Home(str(home)))
+    worker.recover(time.time())
+    assert states_of(spool, "good") == ["failed"]
+    assert states_of(spool, "bad") == ["processing"]
