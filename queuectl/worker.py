@@ -246,6 +246,12 @@ class Worker:
             self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
             return False
         elsewhere = [s for s in self.home.spool.find(held.job_id) if s != "processing"]
+        if "pending" in elsewhere:
+            # Dropped after our copy was there (new jobs only arrive in pending/): ours,
+            # with its history, keeps the id.
+            lifecycle.reject_newcomer(self.home, held.job_id, held.origin if
+                                      held.origin != "pending" else "processing", now)
+            elsewhere.remove("pending")
         if elsewhere:
             lifecycle.reject_claimed(self.home, held, f"duplicate id: {held.job_id!r} is "
                                      f"already in {elsewhere[0]}/", now)

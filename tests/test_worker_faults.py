@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 
 from queuectl.spool import Spool
-from workerkit import describe, home_processes, ids_in, pool, read_job, states_of  # noqa: F401
+from workerkit import (describe, drop_job, home_processes, ids_in, lone_worker, pool,  # noqa: F401
+                       read_job, states_of)
 
 
 def reason_of(spool, name):
@@ -116,17 +115,6 @@ def test_running_job_has_every_field_when_its_log_cannot_be_opened(tmp_path):
 
 # ---- bug 4: nothing the index does may kill or stall a worker --------------------------------
 
-WORKER_SCRIPT = ("import sys; from queuectl.home import Home; from queuectl.worker import "
-                 "run_worker; sys.exit(run_worker(Home(sys.argv[1])))")
-
-
-def drop_job(spool, job_id, command):
-    """A drop-in (tmp + rename), so nothing but the worker touches the index."""
-    tmp = spool / "tmp" / job_id
-    tmp.write_text(json.dumps({"command": command}))
-    os.rename(tmp, spool / "pending" / f"{job_id}.json")
-
-
 def old_completed_job(spool, job_id, days=30):
     """A completed job far past the default retention (7 days): the worker's first idle
     moment purges it, and the purge then brings the index in line."""
@@ -135,24 +123,6 @@ def old_completed_job(spool, job_id, days=30):
     then = time.time() - days * 86400
     os.utime(path, (then, then))
     return path
-
-
-@pytest.fixture
-def lone_worker(home):
-    """A worker process of its own (no supervisor to restart it if it dies)."""
-    procs = []
-
-    def start():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
-        proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(home)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        procs.append(proc)
-        return proc
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def keeps_working(proc, spool, wait_until):
