@@ -312,7 +312,12 @@ def complete(job, defaults, now):
     return job
 
 
-def due_time(job):
-    """Epoch seconds from which the job may run: run_at if set, else created_at."""
-    stamp = job.get("run_at") or job.get("created_at")
-    return parse_time(stamp) if stamp else 0.0
+def due_time(job, now):
+    """Epoch seconds from which the job may run. Only run_at schedules a job: without it the
+    job is ready now, and created_at (capped at now) only orders it among the ready ones. A
+    created_at in the future (a drop-in's mtime after `cp -p`, tar or clock skew) must never
+    delay it."""
+    if job.get("run_at"):
+        return parse_time(job["run_at"])
+    created = job.get("created_at")
+    return min(parse_time(created), now) if created else 0.0

@@ -28,13 +28,13 @@ MOVES = {
 }
 
 
-def _index_job(home, what, job, state):
-    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job))])
+def _index_job(home, what, job, state, now):
+    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job, now))])
 
 
-def _due(job):
+def _due(job, now):
     try:
-        return jobmod.due_time(job)
+        return jobmod.due_time(job, now)
     except (ValueError, OverflowError):
         return 0.0
 
@@ -63,7 +63,7 @@ def publish(home, docs, now):
     home.spool.publish_many([(doc["id"], jobmod.dumps(doc)) for doc in docs])
     written = docs
     home.index_safely("enqueue", home.index.upsert,
-                      [job_row(d, "pending", _due(d)) for d in written])
+                      [job_row(d, "pending", _due(d, now)) for d in written])
     for doc in written:
         log.info("enqueued %s: %s", doc["id"], doc["command"][:200])
     return [d["id"] for d in written]
@@ -75,7 +75,7 @@ def parse_claimed(home, claim, now):
     """The job held by a claim, validated and completed with defaults. Raises InvalidJob."""
     doc = jobmod.validate(jobmod.loads_object(claim.data), stem=claim.job_id)
     defaults = {"max_retries": home.settings.max_retries,
-                "created_at": jobmod.iso(claim.st.st_mtime)}
+                "created_at": jobmod.iso(min(claim.st.st_mtime, now))}
     return jobmod.complete(doc, defaults, now)
 
 
@@ -87,8 +87,8 @@ def claim(home, state, job_id):
     return taken
 
 
-def mark_running(home, doc):
-    _index_job(home, "claim", doc, "processing")
+def mark_running(home, doc, now):
+    _index_job(home, "claim", doc, "processing", now)
 
 
 # ---- finishing (all from processing/) ---------------------------------------------------
@@ -113,7 +113,7 @@ def _finish(home, claim, doc, dest, what, now):
         log.error("job %s could not move to %s/: %s; kept as rejected/%s",
                   claim.job_id, dest, exc, moved)
         return None
-    _index_job(home, what, doc, dest)
+    _index_job(home, what, doc, dest, now)
     return dest
 
 

@@ -84,7 +84,7 @@ class Worker:
         self.unsettled.pop((state, name), None)
         if verdict.doc is not None:
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
-                            lifecycle._due(verdict.doc))
+                            lifecycle._due(verdict.doc, now))
             return
         self.picker.forget(state, stem)
         if not handle_bad(self.home, state, name, verdict, now):
@@ -240,7 +240,7 @@ class Worker:
                 return False
             lifecycle.reject_claimed(self.home, held, str(exc), now)
             return True
-        due = lifecycle._due(doc)
+        due = lifecycle._due(doc, now)
         if due > now:
             lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
             self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
@@ -264,7 +264,7 @@ class Worker:
         attempt = doc.get("attempts", 0) + 1
         started = time.time()
         self.current = doc["id"]
-        lifecycle.mark_running(home, doc)
+        lifecycle.mark_running(home, doc, self.clock())
         home.spool.ensure_output()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
@@ -315,7 +315,8 @@ class Worker:
             self.jobs_failed += 1
             outcome = "failed+dead" if state == "dead" else "failed"
             if state == "failed":
-                self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
+                self.picker.add("failed", doc["id"], doc.get("priority", 0),
+                                lifecycle._due(doc, now))
         return outcome
 
     def _wait(self, running, timeout):
