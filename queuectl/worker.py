@@ -173,8 +173,8 @@ class Worker:
             except Exception as exc:     # one bad orphan must not stop the others or us
                 # Logged once per file (retried every RECOVERY_SECONDS, quietly).
                 log.log(logging.DEBUG if name in self.recovery_failed else logging.ERROR,
-                        "%s: recovery of processing/%s failed: %s; skipped, will retry",
-                        self.label, name, exc)
+                        "%s: recovery of %s failed: %s; skipped, will retry",
+                        self.label, job_id, exc)
                 self.recovery_failed.add(name)
                 continue
             self.recovery_failed.discard(name)
