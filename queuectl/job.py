@@ -26,6 +26,7 @@ IGNORED_FIELDS = ("state",)
 PRIORITY_LIMIT = 2**31 - 1
 MAX_RETRIES_LIMIT = 1000
 MAX_DELAY_SECONDS = 100 * 365 * 86400    # a retry is never scheduled further ahead
+CREATED_SLACK = 1.0    # how far a created_at may lie ahead of now and still order jobs
 # Deepest nesting of arrays and objects accepted. Fixed and far below the interpreter's
 # recursion limit, so whether a file parses never depends on how deep the caller's stack is
 # (a worker accepting a job that `reindex` or `show` then finds "nested too deeply").
@@ -320,4 +321,10 @@ def due_time(job, now):
     if job.get("run_at"):
         return parse_time(job["run_at"])
     created = job.get("created_at")
-    return min(parse_time(created), now) if created else 0.0
+    if not created:
+        return 0.0
+    created = parse_time(created)
+    # Up to CREATED_SLACK ahead is rounding and batch order, not the future: a batch's jobs
+    # get created_at 1 us apart after the `now` they are published with, stored times are
+    # rounded to the microsecond, and a reindex must compute the same due times.
+    return created if created <= now + CREATED_SLACK else now

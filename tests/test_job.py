@@ -236,6 +236,7 @@ def test_due_time_prefers_run_at_over_created_at():
 
 def test_only_run_at_schedules_a_job_a_future_created_at_is_ready_now():
     assert jobmod.due_time({"created_at": jobmod.iso(T0 + 3600)}, T0) == T0
+    assert jobmod.due_time({"created_at": jobmod.iso(T0 + 0.5)}, T0) == T0 + 0.5   # order
     assert jobmod.due_time({}, T0) == 0.0
 
 

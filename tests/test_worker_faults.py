@@ -12,8 +12,8 @@ import time
 import pytest
 
 from queuectl.spool import Spool
-from workerkit import (describe, drop_job, home_processes, ids_in, lone_worker, pool,  # noqa: F401
-                       read_job, states_of)
+from workerkit import lone_worker, pool  # noqa: F401  (fixtures)
+from workerkit import describe, drop_job, home_processes, ids_in, read_job, states_of
 
 
 def reason_of(spool, name):
