@@ -46,8 +46,15 @@ def _quiet_logging():
         handler.close()
 
 
-def _home(ctx):
+def _home(ctx, write=False):
+    """The Home of this call. Reading commands never create anything: without a queue they
+    fail with NoQueue. Writing commands (write=True) create the whole layout first."""
     home = ctx.find_object(Home)
+    if write:
+        if not home.exists():
+            home.create()
+    else:
+        home.require()
     if _LOG_SETUP and _LOG_SETUP[-1] is home:
         _LOG_SETUP.pop()
         home.configure_logging("cli", rotate=False)
@@ -89,6 +96,30 @@ def main(ctx, home_dir, spool_dir, data_dir):
         _LOG_SETUP.append(ctx.obj)
 
 
+# ---- init -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the paths as a JSON object.")
+@click.pass_context
+def init(ctx, as_json):
+    """Create a queue here (or at --home): the spool with every state
+    directory, data/ and the index. Safe to run again. enqueue, config set
+    and worker start create the queue too; reading commands never do.
+
+    \b
+    Example:
+      queuectl --home /srv/queue init
+    """
+    home = ctx.find_object(Home)
+    existed = home.exists()
+    paths = home.create()
+    _home(ctx, write=True)
+    if as_json:
+        _echo_json(dict(paths, created=not existed))
+    else:
+        click.echo(render.init_text(paths, existed))
+
+
 # ---- enqueue --------------------------------------------------------------------------------
 
 @main.command()
@@ -120,7 +151,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       cat jobs.jsonl | queuectl enqueue -
     """
     from . import submit
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:
@@ -313,6 +344,22 @@ def config_show(ctx, as_json):
         click.echo(render.config_text(rows))
 
 
+@config.command("get")
+@click.argument("key")
+@click.pass_context
+def config_get(ctx, key):
+    """Print the value of KEY (`none` when unset and without default).
+
+    \b
+    Example:
+      queuectl config get max_retries
+    """
+    from .config import get_key
+    get_key(key)
+    value = getattr(_home(ctx).settings, key)
+    click.echo("none" if value is None else value)
+
+
 @config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
@@ -328,7 +375,7 @@ def config_set(ctx, key, value):
       queuectl config set job_timeout none
     """
     from .settings_store import set_value
-    shown = set_value(_home(ctx), key, value)
+    shown = set_value(_home(ctx, write=True), key, value)
     click.echo(f"{key} = {'none' if shown is None else shown}")
 
 
@@ -458,7 +505,7 @@ def pause(ctx):
     Example:
       queuectl pause && queuectl status
     """
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     home.spool.set_paused(True)
     click.echo(f"paused: workers stop claiming within one poll interval "
                f"({home.spool_dir}/PAUSED exists)")
@@ -595,7 +642,7 @@ def worker_start(ctx, count, foreground, quiet):
       queuectl worker start --foreground --count 2    # for systemd
     """
     from . import pool
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     if foreground:
         from .security import check_spool
         home.spool.ensure_layout()
@@ -639,7 +686,7 @@ def worker_run(ctx):
     """Run one worker in this process (no supervisor)."""
     from .security import check_spool
     from .worker import run_worker
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     home.spool.ensure_layout()
     check_spool(home)
     sys.exit(run_worker(home))

@@ -27,6 +27,10 @@ class JobNotFound(QueueError):
     """No job with that id in any state directory."""
 
 
+class NoQueue(QueueError):
+    """A read-only command found no queue where it looked (it never creates one)."""
+
+
 class InvalidConfig(QueueError):
     """An unknown config key or a value of the wrong type or range."""
 

@@ -114,6 +114,13 @@ def show_text(info):
     return "\n".join(lines)
 
 
+def init_text(paths, existed):
+    first = f"queue {'already exists' if existed else 'created'} at {paths['home']}"
+    return "\n".join([first, f"spool:   {paths['spool']}",
+                      f"pending: {paths['pending']}  (drop job files here)",
+                      f"data:    {paths['data']}", f"index:   {paths['index']}"])
+
+
 def config_text(rows):
     return table(["KEY", "VALUE", "", "MEANING"],
                  [[k, "none" if v is None else v, "(default)" if d else "(set)", h]

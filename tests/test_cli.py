@@ -247,6 +247,7 @@ LIST_FIELDS = {"id", "command", "state", "attempts", "max_retries", "created_at"
 
 
 def test_list_empty(cli, home):
+    ok(cli("init"))
     ok(cli("list"), f"no jobs in {home}\n")
     ok(cli("list", "--state", "dead"), f"no dead jobs in {home}\n")
     ok(cli("list", "--json"), "[]\n")
@@ -308,6 +309,7 @@ def test_list_usage_errors(cli):
 # ---- status -------------------------------------------------------------------------------
 
 def test_status_on_an_empty_home(cli, home):
+    ok(cli("init"))
     out = ok(cli("status")).stdout.splitlines()
     assert out[0] == f"home: {home}"
     assert out[1].split() == ["STATE", "JOBS"]
@@ -367,6 +369,7 @@ def test_show_a_dead_job_gives_its_last_error(cli, drop, spool):
 
 @pytest.mark.parametrize("job_id", ["x", "../x", "no such job"])
 def test_show_unknown_id(cli, spool, job_id):
+    ok(cli("init"))
     failed(cli("show", job_id), f"Error: no job with id {job_id!r} in {spool}\n")
     failed(cli("show", job_id, "--json"), f"Error: no job with id {job_id!r} in {spool}\n")
 
@@ -374,6 +377,7 @@ def test_show_unknown_id(cli, spool, job_id):
 # ---- dlq ----------------------------------------------------------------------------------
 
 def test_dlq_list_empty(cli, home):
+    ok(cli("init"))
     ok(cli("dlq", "list"), f"the dead letter queue of {home} is empty\n")
     ok(cli("dlq", "list", "--json"), "[]\n")
 
@@ -473,6 +477,7 @@ def test_dlq_retry_usage(cli):
 # ---- config -------------------------------------------------------------------------------
 
 def test_config_show_every_key_as_default(cli):
+    ok(cli("init"))
     lines = ok(cli("config", "show")).stdout.splitlines()
     assert lines[0].split() == ["KEY", "VALUE", "MEANING"]
     keys = [line.split()[0] for line in lines[1:]]
@@ -523,6 +528,7 @@ def test_config_set_negative_value_is_refused_as_a_value_not_as_an_option(cli):
 
 
 def test_config_unset_unknown_key(cli):
+    ok(cli("init"))
     failed(cli("config", "unset", "retries"),
            f"Error: unknown config key 'retries'; valid keys: {VALID_KEYS}\n")
 
@@ -535,6 +541,7 @@ def test_config_usage(cli):
 # ---- reindex ------------------------------------------------------------------------------
 
 def test_reindex_empty_home(cli, spool):
+    ok(cli("init"))
     ok(cli("reindex"), f"reindexed 0 jobs from {spool}\n")
 
 
@@ -569,7 +576,8 @@ def test_delete_data_and_reindex_gives_the_same_lists(cli, home, drop, spool):
 
 def test_reindex_and_enqueue_fail_when_the_spool_is_not_a_directory(cli, spool):
     spool.write_text("not a directory")
-    failed(cli("reindex"), f"Error: File exists: {spool}\n")
+    failed(cli("reindex"), f"Error: no queue at {spool.parent} (run `queuectl init` or "
+                           "enqueue a job to create one)\n")
     failed(cli("enqueue", '{"command": "x"}'), f"Error: File exists: {spool}\n")
     assert spool.read_text() == "not a directory"
 
@@ -616,6 +624,7 @@ def test_home_option_wins_over_the_environment_which_wins_over_cwd(run_queuectl,
 
 
 def test_python_dash_m_and_version(home):
+    (home / "spool" / "pending").mkdir(parents=True)
     ran = subprocess.run([sys.executable, "-m", "queuectl", "--home", str(home),
                           "status", "--json"], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and json.loads(ran.stdout)["home"] == str(home)
@@ -632,7 +641,8 @@ def test_wait_until_sees_a_background_enqueue(spawn_queuectl, cli, wait_until):
     proc.stdin.close()
 
     def listed():
-        return [r["id"] for r in json.loads(cli("list", "--json").stdout)] == ["bg"]
+        result = cli("list", "--json")
+        return result.exit_code == 0 and [r["id"] for r in json.loads(result.stdout)] == ["bg"]
     assert wait_until(listed, timeout=30, message="job bg in `list --json`")
     with proc.stdout, proc.stderr:
         assert (proc.stdout.read(), proc.stderr.read()) == (b"bg\n", b"")
