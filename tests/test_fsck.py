@@ -70,8 +70,12 @@ def test_a_clean_spool_passes(cli, queue):
     assert fsck(cli, "--repair") == (0, [])
 
 
-def test_a_spool_that_does_not_exist_yet_passes(cli, home):
-    assert fsck(cli) == (0, [])
+def test_a_spool_that_does_not_exist_yet_is_no_queue(cli, home):
+    result = cli("fsck")
+    assert (result.exit_code, result.stderr) == (1, f"Error: no queue at {home} (run "
+                                                    "`queuectl init` or enqueue a job to "
+                                                    "create one)\n")
+    assert not (home / "spool").exists() and not (home / "data").exists()
 
 
 # ---- one problem of each kind --------------------------------------------------------------------

@@ -147,6 +147,7 @@ def _read_some(fd, out, until, timeout=10):
 
 
 def test_metrics_watch_refreshes_in_place_until_ctrl_c(cli, home):
+    assert cli("init").exit_code == 0
     # On a terminal (a pty here) each frame clears the screen and redraws from the top.
     proc, master = spawn_on_pty(home, "metrics", "--watch", "0.2")
     try:
@@ -175,7 +176,8 @@ def test_metrics_watch_refreshes_in_place_until_ctrl_c(cli, home):
         assert frame.endswith(b"\n\n(every 0.2s; Ctrl-C to stop)\n"), frame
 
 
-def test_metrics_watch_on_a_pipe_prints_plain_frames(spawn_queuectl, home):
+def test_metrics_watch_on_a_pipe_prints_plain_frames(spawn_queuectl, home, cli):
+    assert cli("init").exit_code == 0
     proc = spawn_queuectl("metrics", "--watch", "0.2")
     try:
         out = bytearray()
