@@ -1,6 +1,7 @@
 """The command line: parses arguments, makes one library call, renders, exits. Errors from
 the library (QueueError) become "Error: ..." on stderr and their exit code in one place
-(`QueuectlGroup.invoke`); usage errors are click's exit 2. Heavy modules (watchdog, psutil)
+(`QueuectlGroup.invoke`), and so do invalid option values (click's BadParameter): exit 2 is
+only for usage errors (unknown command or option, missing argument); Ctrl-C exits 130. Heavy modules (watchdog, psutil)
 are imported only by the commands that need them, so `enqueue` stays fast."""
 
 import logging
@@ -13,13 +14,29 @@ from . import render
 from .errors import QueueError
 from .home import Home
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class QueuectlGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as exc:
+            if isinstance(exc, click.MissingParameter):
+                raise            # a usage error: exit 2 with the usage line
+            # An invalid value is an error in the input like any other: exit 1, one form.
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except click.NoSuchOption as exc:
+            if not _is_number(exc.option_name):
+                raise
+            # `--watch -1`: click takes a negative number after an option whose value is
+            # optional for an option name. It is a bad value, not a usage error.
+            click.echo(f"Error: Invalid value {exc.option_name!r}: a negative number is not "
+                       "allowed here", err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            ctx.exit(EXIT_INTERRUPTED)   # Ctrl-C: 128 + SIGINT, without click's "Aborted!"
         except QueueError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
@@ -34,6 +51,14 @@ class QueuectlGroup(click.Group):
             click.echo(f"Error: the index {home.index.path} is unusable ({exc}); the spool "
                        "is intact: run 'queuectl reindex' to rebuild it", err=True)
             ctx.exit(EXIT_ERROR)
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 _LOG_SETUP = []
@@ -157,7 +182,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
     if script:
         docs = [submit.script_job(script)]
     elif job_json == "-":
-        docs = submit.parse_submission(sys.stdin.buffer.read())
+        docs = submit.parse_stdin(sys.stdin.buffer.read())
     elif job_json is not None:
         docs = submit.parse_submission(job_json.encode("utf-8", "surrogateescape"))
     else:
@@ -571,7 +596,7 @@ def purge(ctx, state, older_than, as_json):
     try:
         seconds = parse_duration(older_than)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than")
+        raise click.BadParameter(str(exc), param_hint="'--older-than'")
     names = purge_jobs(_home(ctx), state, seconds)
     if as_json:
         _echo_json(names)

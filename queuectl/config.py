@@ -56,6 +56,18 @@ def _number(text, key):
     return value
 
 
+def _looks_int(text):
+    if isinstance(text, bool):
+        return False
+    if isinstance(text, int):
+        return True
+    try:
+        int(str(text))
+    except ValueError:
+        return False
+    return True
+
+
 def _check_range(value, key):
     if key.minimum is None:
         return value
@@ -79,6 +91,8 @@ def parse_value(name, text):
         return value
     if key.kind == "optional_path":
         return str(text)
+    if key.kind == "int" and not _looks_int(text):
+        raise InvalidConfig(f"{name} must be an integer, got {text!r}")
     value = _number(text, key)
     if key.kind == "int" and not isinstance(value, int):
         raise InvalidConfig(f"{name} must be an integer, got {text!r}")

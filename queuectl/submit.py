@@ -30,6 +30,13 @@ def parse_submission(text):
     return docs
 
 
+def parse_stdin(data):
+    """Jobs read from stdin: like parse_submission, but empty input says so."""
+    if not data.strip():
+        raise InvalidJob("no jobs on stdin (give one JSON object or JSON Lines)")
+    return parse_submission(data)
+
+
 def script_job(path):
     """A job that runs the script's current content, frozen into the command (later edits
     to the file don't change the job). Interpreter: the shebang, else the extension."""
@@ -74,9 +81,14 @@ def apply_overrides(docs, overrides, now):
     delay = given.pop("delay", None)
     if delay is not None:
         try:
-            given["run_at"] = jobmod.iso(now + jobmod.parse_duration(delay))
+            seconds = jobmod.parse_duration(delay)
         except ValueError as exc:
-            raise InvalidJob(f"--delay: {exc}") from None
+            raise InvalidJob(f"Invalid value for '--delay': {exc}") from None
+        try:
+            given["run_at"] = jobmod.iso(now + seconds)
+        except (ValueError, OverflowError, OSError):
+            raise InvalidJob(f"Invalid value for '--delay': {delay} is out of range (the job "
+                             "would run after the year 9999)") from None
     for doc in docs:
         doc.update(given)
     return docs

@@ -188,7 +188,7 @@ def test_enqueue_delay_schedules_from_now(cli, spool):
     (['{"command": "x"}', "--run-at", "tomorrow"],
      "Error: run_at must be an ISO-8601 time like 2026-01-31T12:00:00Z, got 'tomorrow'\n"),
     (['{"command": "x"}', "--delay", "soon"],
-     "Error: --delay: duration must look like 30s, 5m, 2h or 7d, got 'soon'\n"),
+     "Error: Invalid value for '--delay': duration must look like 30s, 5m, 2h or 7d, got 'soon'\n"),
     (['{"command": "x", "timeout": -1}'],
      "Error: timeout must be a number of seconds > 0 or null, got -1\n"),
 ])
@@ -202,7 +202,8 @@ def test_enqueue_one_bad_line_in_a_batch_writes_nothing(cli, spool):
            "Error: job 2: command must be a string, got a number\n")
     failed(cli("enqueue", "-", input='{"command": "a"}\nnot json\n'),
            "Error: line 2: invalid JSON: Expecting value at line 1 column 1\n")
-    failed(cli("enqueue", "-", input=""), "Error: empty file: expected a JSON object\n")
+    failed(cli("enqueue", "-", input=""),
+           "Error: no jobs on stdin (give one JSON object or JSON Lines)\n")
     failed(cli("enqueue", "-", "--id", "x", input='{"command": "a"}\n{"command": "b"}\n'),
            "Error: --id can only be used with a single job\n")
     assert spool_contents(spool) == {}
@@ -228,6 +229,13 @@ def test_enqueue_duplicate_of_a_job_in_another_state(cli, spool, drop):
 @pytest.mark.parametrize("args, message", [
     ([], "give a job as JSON, '-' for stdin, or --file SCRIPT"),
     (['{"command": "x"}', "--file", "x.sh"], "give either JSON or --file, not both"),
+])
+def test_enqueue_usage_errors_exit_2(cli, spool, args, message):
+    usage_error(cli("enqueue", *args), message)
+    assert spool_contents(spool) == {}
+
+
+@pytest.mark.parametrize("args, message", [
     (['{"command": "x"}', "--priority", "high"],
      "Invalid value for '--priority': 'high' is not a valid integer."),
     (['{"command": "x"}', "--max-retries", "-1"],
@@ -235,8 +243,8 @@ def test_enqueue_duplicate_of_a_job_in_another_state(cli, spool, drop):
     (['{"command": "x"}', "--timeout", "0"],
      "Invalid value for '--timeout': 0.0 is not in the range x>0."),
 ])
-def test_enqueue_usage_errors_exit_2(cli, spool, args, message):
-    usage_error(cli("enqueue", *args), message)
+def test_enqueue_invalid_values_exit_1(cli, spool, args, message):
+    failed(cli("enqueue", *args), f"Error: {message}\n")
     assert spool_contents(spool) == {}
 
 
@@ -298,12 +306,13 @@ def test_list_other_states_newest_first(cli, drop):
 
 
 def test_list_usage_errors(cli):
+    ok(cli("init"))
     result = cli("list", "--state", "running")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "Invalid value for '--state': 'running' is not one of 'pending', 'processing', " \
            "'failed', 'completed', 'dead', 'rejected'." in result.stderr
     result = cli("list", "--limit", "0")
-    assert result.exit_code == 2 and "Invalid value for '--limit'" in result.stderr
+    assert result.exit_code == 1 and "Invalid value for '--limit'" in result.stderr
 
 
 # ---- status -------------------------------------------------------------------------------

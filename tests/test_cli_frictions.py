@@ -84,3 +84,63 @@ def test_config_get(cli):
     ok(cli("config", "get", "max_retries"), "5\n")
     ok(cli("config", "get", "job_timeout"), "none\n")
     assert cli("config", "get", "nope").stderr.startswith("Error: unknown config key 'nope'")
+
+
+# ---- exit codes and messages -------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (("config", "set", "max_retries", "abc"), "max_retries must be an integer, got 'abc'"),
+    (("enqueue", "-"), "no jobs on stdin (give one JSON object or JSON Lines)"),
+    (("enqueue", "--delay", "99999999w", '{"command": "x"}'),
+     "Invalid value for '--delay': 99999999w is out of range (the job would run after the "
+     "year 9999)"),
+    (("metrics", "--watch", "-1"), "Invalid value '-1': a negative number is not allowed here"),
+    (("metrics", "--watch", "0"), "Invalid value for '--watch': 0.0 is not in the range "
+                                  "x>=0.2."),
+    (("enqueue", "--timeout", "-1", '{"command": "x"}'),
+     "Invalid value for '--timeout': -1.0 is not in the range x>0."),
+    (("wait", "x", "--timeout", "-1"),
+     "Invalid value for '--timeout': -1.0 is not in the range x>=0."),
+    (("worker", "stop", "--timeout", "-5"),
+     "Invalid value for '--timeout': -5.0 is not in the range x>=0."),
+    (("purge", "--state", "dead", "--older-than", "-1d"),
+     "Invalid value for '--older-than': duration must look like 30s, 5m, 2h or 7d, got '-1d'"),
+])
+def test_invalid_values_exit_1_with_one_kind_of_message(cli, args, message):
+    ok(cli("init"))
+    failed(cli(*args, input=""), f"Error: {message}\n")
+
+
+def test_a_directory_for_file_is_an_invalid_value(cli, tmp_path):
+    failed(cli("enqueue", "--file", tmp_path),
+           f"Error: Invalid value for '--file': File '{tmp_path}' is a directory.\n")
+
+
+def test_usage_errors_still_exit_2(cli):
+    result = cli("enqueue", "--bogus")
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: ")
+
+
+def test_ctrl_c_exits_130_without_aborted(spawn_queuectl, cli, wait_until):
+    import signal
+    ok(cli("enqueue", '{"id": "w", "command": "x"}'))
+    proc = spawn_queuectl("wait", "w")
+    try:
+        # wait polls the spool: once it has read its arguments it is inside the command.
+        assert wait_until(lambda: _in_wait(proc.pid), timeout=20, message="wait running")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (130, b"", b"")
+
+
+def _in_wait(pid):
+    """True once the process has opened the index (the command body is running)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("queue.db")
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False

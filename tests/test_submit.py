@@ -228,7 +228,7 @@ def test_delay_becomes_run_at():
     assert docs == [{"command": "x", "run_at": jobmod.iso(T0 + 90)}]
     with pytest.raises(InvalidJob) as info:
         apply_overrides([{"command": "x"}], {"delay": "soon"}, T0)
-    assert str(info.value) == "--delay: duration must look like 30s, 5m, 2h or 7d, got 'soon'"
+    assert str(info.value) == "Invalid value for '--delay': duration must look like 30s, 5m, 2h or 7d, got 'soon'"
 
 
 @pytest.mark.parametrize("key", ["id", "job_id"])
