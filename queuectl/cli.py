@@ -267,8 +267,9 @@ def show(ctx, job_id, as_json):
     Example:
       queuectl show nightly
     """
-    from .queries import show as show_job
-    info = show_job(_home(ctx), job_id)
+    from .queries import resolve_ids, show as show_job
+    home = _home(ctx)
+    info = show_job(home, *resolve_ids(home, [job_id]))
     click.echo(render.to_json(info) if as_json else render.show_text(info))
 
 
@@ -330,9 +331,11 @@ def dlq_retry(ctx, ids, retry_all, as_json):
       queuectl dlq retry --all
     """
     from .control import dlq_retry as retry
+    from .queries import resolve_ids
     if bool(ids) == retry_all:
         raise click.UsageError("give job ids or --all (not both)")
-    outcomes = retry(_home(ctx), None if retry_all else list(ids))
+    home = _home(ctx)
+    outcomes = retry(home, None if retry_all else resolve_ids(home, ids))
     if retry_all and not outcomes and not as_json:
         click.echo("the dead letter queue is empty")
     _report(outcomes, as_json)
@@ -501,7 +504,9 @@ def cancel(ctx, ids, running, as_json):
       queuectl cancel --running long-job
     """
     from .control import cancel as cancel_jobs
-    _report(cancel_jobs(_home(ctx), list(ids), running), as_json)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    _report(cancel_jobs(home, resolve_ids(home, ids), running), as_json)
 
 
 @main.command()
@@ -517,7 +522,9 @@ def retry(ctx, ids, as_json):
       queuectl retry job-7
     """
     from .control import retry_now
-    _report(retry_now(_home(ctx), list(ids)), as_json)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    _report(retry_now(home, resolve_ids(home, ids)), as_json)
 
 
 @main.command()
@@ -566,7 +573,9 @@ def wait(ctx, ids, timeout, as_json):
       id=$(queuectl enqueue '{"command": "make build"}') && queuectl wait "$id"
     """
     from .control import wait as wait_jobs
-    states = wait_jobs(_home(ctx), list(ids), timeout)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    states = wait_jobs(home, resolve_ids(home, ids), timeout)
     if as_json:
         _echo_json(states)
     else:
@@ -673,14 +682,10 @@ def worker_start(ctx, count, foreground, quiet):
         home.spool.ensure_layout()
         check_spool(home)          # refuse before announcing anything
         if not quiet:
-            click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
-                       f"for {home.home} "
-                       "(Ctrl-C stops them gracefully)")
+            click.echo(render.foreground_text(count, home.home, home.spool.is_paused()))
         sys.exit(pool.run_foreground(home, count))
     started = pool.start(home, count)
-    click.echo(f"started supervisor {started['supervisor_pid']} with {count} worker"
-               f"{'s' if count != 1 else ''} (pids {', '.join(map(str, started['workers']))}) "
-               f"for {home.home}")
+    click.echo(render.started_text(started, count, home.home, home.spool.is_paused()))
 
 
 @worker.command("stop")
@@ -729,7 +734,9 @@ def logs(ctx, job_id, follow):
       queuectl logs nightly -f
     """
     from .output import stream_output
-    for chunk in stream_output(_home(ctx), job_id, follow):
+    from .queries import resolve_ids
+    home = _home(ctx)
+    for chunk in stream_output(home, *resolve_ids(home, [job_id]), follow):
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 

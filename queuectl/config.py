@@ -21,22 +21,22 @@ class Key:
 
 
 KEYS = {k.name: k for k in (
-    Key("max_retries", 3, "int", 0, help="retries after the first attempt before the DLQ"),
-    Key("backoff_base", 2, "number", 1, help="retry delay = backoff_base ** attempts seconds"),
+    Key("max_retries", 3, "int", 0, help="retries before a job goes to dead/"),
+    Key("backoff_base", 2, "number", 1, help="retry delay = base ** attempts, s"),
     Key("backoff_max", 3600, "number", 0, help="cap on the retry delay, seconds"),
     Key("log_level", "INFO", "choice", help="one of " + ", ".join(LOG_LEVELS)),
     Key("worker_poll_interval", 1, "number", 0, True,
-        help="safety-net rescan of the spool, seconds (pickup itself is inotify)"),
+        help="safety-net rescan of the spool, s"),
     Key("job_timeout", None, "optional_number", 0, True,
-        help="default per-job time limit in seconds, or none"),
-    Key("shutdown_timeout", 30, "number", 0, help="how long a stopping worker lets a job run"),
+        help="default job time limit, s, or none"),
+    Key("shutdown_timeout", 30, "number", 0, help="grace for a running job at stop, s"),
     Key("settle_seconds", 2, "number", 0,
-        help="how long an unparsable drop-in must stay unchanged before it is rejected"),
+        help="wait before rejecting a bad drop-in, s"),
     Key("max_job_bytes", 1048576, "int", 2, help="largest job file accepted, bytes"),
     Key("completed_retention", 604800, "optional_number", 0, True,
-        help="workers delete completed jobs older than this many seconds (none: keep)"),
+        help="keep completed jobs this long, s/none"),
     Key("metrics_textfile", None, "optional_path",
-        help="file workers keep Prometheus metrics in (none: off)"),
+        help="Prometheus text file (none: off)"),
 )}
 
 

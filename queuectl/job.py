@@ -63,11 +63,37 @@ def parse_duration(text):
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+# Crockford's base32 in lowercase: digits sort before letters, so ids sort as their times.
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+_HOST_TAG = None
+
+
+def _base32(number, width):
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 32)
+        chars.append(_B32[digit])
+    return "".join(reversed(chars))
+
+
+def host_tag():
+    """Two base32 characters derived from the host name, so ids made on different hosts
+    at the same microsecond differ even before their random part."""
+    global _HOST_TAG
+    if _HOST_TAG is None:
+        import zlib
+        _HOST_TAG = _base32(zlib.crc32(os.uname().nodename.encode()) & 0x3FF, 2)
+    return _HOST_TAG
+
+
 def new_id(now):
-    """A generated id: UTC time to the microsecond (so ids sort by creation) plus 40 random
-    bits, unique across hosts and processes without coordination."""
-    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{stamp}-{os.urandom(5).hex()}"
+    """A generated id of 19 characters, like `0kqw3v8d2f1-m7x9cq4`: the time in
+    microseconds since 1970 as 11 base32 characters (so ids sort by creation time until
+    the year 3058), a dash, 2 characters from the host name and 25 random bits. Unique
+    across hosts and processes without coordination, short enough for an 80-column list."""
+    micros = int(round(now * 1_000_000))
+    random = int.from_bytes(os.urandom(4), "big") & 0x1FFFFFF
+    return f"{_base32(micros, 11)}-{host_tag()}{_base32(random, 5)}"
 
 
 def retry_delay(attempts, backoff_base, backoff_max):
@@ -308,6 +334,46 @@ def complete(job, defaults, now):
     if job.get("updated_at") is None:
         job["updated_at"] = job["created_at"]
     return job
+
+
+SCRIPT_MARKER = "9<<'QUEUECTL_SCRIPT_"
+
+
+def script_of(command):
+    """The original path of a script frozen into `command` by `enqueue --file`, or None.
+    The command's first line reads `QUEUECTL_SCRIPT=PATH ... INTERPRETER /dev/fd/9
+    9<<'MARK'`; a job frozen before the variable existed gives "script"."""
+    if not isinstance(command, str):
+        return None
+    first = command.split("\n", 1)[0]
+    if SCRIPT_MARKER not in first:
+        return None
+    import shlex
+    try:
+        words = shlex.split(first)
+    except ValueError:
+        return None
+    for word in words:
+        if word.startswith("QUEUECTL_SCRIPT="):
+            return word[len("QUEUECTL_SCRIPT="):]
+    return "script"
+
+
+def frozen_text(command):
+    """(interpreter, script text) of a command made by `enqueue --file`, else None."""
+    if script_of(command) is None:
+        return None
+    first, _, rest = command.partition("\n")
+    marker = first[first.index(SCRIPT_MARKER) + 4:].rstrip("'")
+    body, found, _ = rest.rpartition(f"\n{marker}\n")
+    if not found:
+        body, found, _ = rest.partition(f"{marker}\n")
+        if not found:
+            return None
+    import shlex
+    words = shlex.split(first[:first.index(SCRIPT_MARKER)])
+    interpreter = " ".join(w for w in words[:-1] if not w.startswith("QUEUECTL_SCRIPT"))
+    return interpreter, body + "\n"
 
 
 def due_time(job):

@@ -205,14 +205,36 @@ def job_environment(job_id, attempt, home):
 
 
 def process_stats(proc_cache={}):
-    """(cpu percent since the last call, rss bytes) of this process, via psutil."""
+    """(cpu percent since the last call, rss bytes) of this process and every process
+    below it (the running job's whole tree), via psutil. A process seen for the first time
+    counts from that call on."""
     import psutil
     me = proc_cache.get("me")
     if me is None:
         me = proc_cache["me"] = psutil.Process()
         me.cpu_percent(None)
-    with me.oneshot():
-        return me.cpu_percent(None), me.memory_info().rss
+    cpu, rss = 0.0, 0
+    seen = {}
+    try:
+        children = me.children(recursive=True)
+    except psutil.Error:
+        children = []
+    for proc in [me, *children]:
+        try:
+            known = me if proc is me else proc_cache.get(proc.pid)
+            if known is None or known.create_time() != proc.create_time():
+                known = proc
+                known.cpu_percent(None)   # a new process: this call starts its measurement
+            with known.oneshot():
+                cpu += known.cpu_percent(None)
+                rss += known.memory_info().rss
+        except psutil.Error:
+            continue                      # exited meanwhile
+        seen[proc.pid] = known
+    for pid in [p for p in proc_cache if p != "me" and p not in seen]:
+        del proc_cache[pid]
+    proc_cache.update({pid: p for pid, p in seen.items() if p is not me})
+    return cpu, rss
 
 
 HOSTNAME = os.uname().nodename

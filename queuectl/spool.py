@@ -179,6 +179,14 @@ class Spool:
                 break
         return found
 
+    def ids_with_prefix(self, prefix):
+        """Sorted ids of the jobs in any state whose id starts with `prefix`."""
+        found = set()
+        for state in JOB_STATES:
+            found.update(name[:-len(JOB_SUFFIX)] for name in self.names(state)
+                         if name.startswith(prefix))
+        return sorted(found)
+
     # ---- reading ------------------------------------------------------------------------
     def _open_checked(self, path, flags):
         """Open without following symlinks or blocking on FIFOs; refuse non-regular files

@@ -3,6 +3,7 @@ script file frozen into the job, plus the command-line overrides. Nothing is wri
 every job in the submission is valid (publish is all-or-nothing on validation)."""
 
 import os
+import shlex
 
 from . import job as jobmod
 from . import lifecycle
@@ -67,8 +68,14 @@ def script_job(path):
     # in 8 KiB blocks, bash line by line) instead of the job's stdin. The trailing `exit`
     # makes the shell fork for the interpreter rather than exec it, so an inherited fd 9
     # (such as a worker's locked job fd) stays open in the job's shell.
-    command = f"{interpreter} /dev/fd/9 9<<'{marker}'\n{body}{marker}\nexit $?"
-    return {"command": command, "script": os.path.abspath(path)}
+    # Inside the frozen copy $0 (and Python's __file__) is /dev/fd/9: the original file may
+    # have changed or gone since. QUEUECTL_SCRIPT names the original path and
+    # QUEUECTL_SCRIPT_DIR its directory, for scripts that look for files beside themselves.
+    origin = os.path.abspath(path)
+    command = (f"QUEUECTL_SCRIPT={shlex.quote(origin)} "
+               f"QUEUECTL_SCRIPT_DIR={shlex.quote(os.path.dirname(origin))} "
+               f"{interpreter} /dev/fd/9 9<<'{marker}'\n{body}{marker}\nexit $?")
+    return {"command": command, "script": origin}
 
 
 def apply_overrides(docs, overrides, now):

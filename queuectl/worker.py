@@ -226,6 +226,7 @@ class Worker:
         started = time.time()
         self.current = doc["id"]
         lifecycle.mark_running(home, doc)
+        self.heartbeat(textfile=False)     # status/metrics show it busy now, not next beat
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,
@@ -253,6 +254,7 @@ class Worker:
         outcome, *also = outcome.split("+")
         home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
                           result.duration_s, also)
+        self.heartbeat(textfile=False)     # idle again, with the new done/failed counts
 
     def _route(self, held, doc, running, result):
         """Move a finished job to its next state; returns the outcome's name."""
@@ -320,7 +322,9 @@ class Worker:
         return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
-    def heartbeat(self, state=None):
+    def heartbeat(self, state=None, textfile=True):
+        """Write this worker's row (also at every job start and finish, so its state shows
+        at once); the metrics textfile only on the timer (textfile=False skips it)."""
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
         self.home.index.reopen_if_replaced()
         try:
@@ -335,7 +339,7 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
-        if self.home.settings.metrics_textfile:
+        if textfile and self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile)
 
     def write_textfile(self, path):

@@ -14,7 +14,7 @@ import pytest
 
 from queuectl import job as jobmod
 
-ID_PATTERN = r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{10}"
+ID_PATTERN = r"[0-9a-hjkmnp-tv-z]{11}-[0-9a-hjkmnp-tv-z]{7}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
 VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
               "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "

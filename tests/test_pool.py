@@ -40,7 +40,7 @@ def write_record(home, pid, started_at, workers=()):
 
 def started(ran):
     """(supervisor pid, [worker pids]) from `worker start`'s report."""
-    match = re.fullmatch(r"started supervisor (\d+) with (\d+) workers? \(pids ([\d, ]+)\) "
+    match = re.fullmatch(r"started supervisor (\d+) with (\d+) workers? \(pids? ([\d, ]+)\) "
                          r"for (\S+)\n", ran.stdout)
     assert match, ran.stdout
     pids = [int(p) for p in match.group(3).split(", ")]
