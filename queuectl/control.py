@@ -127,7 +127,7 @@ def cancel(home, ids, running=False):
             time.sleep(0.05)
         home.spool.clear_cancel(job_id)
         where = home.spool.find(job_id)
-        return f"killed and cancelled (now in {where[0] if where else 'no'} state)"
+        return f"cancelled (was running, killed; now in {where[0] + '/' if where else '?'})"
     return for_each(home, ids, action)
 
 

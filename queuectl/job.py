@@ -292,6 +292,42 @@ def check_id(job_id, what="id"):
                          f"'-', starting with a letter or digit, got {job_id!r}")
 
 
+# Unknown keys that are common metadata words, never taken for a misspelled field.
+NOT_TYPOS = ("script", "comment", "comments", "commit")
+# Keys people write for a field that has another name here: refused like a misspelling.
+FIELD_HINTS = {"delay": "'delay' is not a job field: use run_at (an ISO-8601 time) or "
+                        "`enqueue --delay`"}
+
+
+def _distance(a, b):
+    """Edit distance counting a swap of two neighbours as one edit (Damerau)."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def misspelled(key):
+    """The known field an unknown key is most likely a typo of, or None. Unknown keys stay
+    allowed (other tools' metadata); only keys of 4 or more characters within 1 edit of a
+    field (2 from 6 characters, 3 from 8) or listed in FIELD_HINTS are taken for mistakes."""
+    if key in KNOWN_FIELDS or key in IGNORED_FIELDS or key in NOT_TYPOS:
+        return None
+    if key in FIELD_HINTS:
+        return FIELD_HINTS[key]
+    folded = key.lower().replace("-", "_")
+    allowed = 1 if len(key) < 6 else 2 if len(key) < 8 else 3
+    best = min(KNOWN_FIELDS, key=lambda f: _distance(folded, f))
+    if len(key) >= 4 and _distance(folded, best) <= allowed:
+        return f"unknown field {key!r}: did you mean {best!r}?"
+    return None
+
+
 def validate(job, stem=None):
     """Check a job dict in place (normalising times); returns it. `stem` is the file name's
     stem for a job read from the spool: the id must equal it, and fills it when absent."""
@@ -309,6 +345,7 @@ def validate(job, stem=None):
         else:
             if stem is not None and job_id != stem:
                 problems.append(f"id {job_id!r} does not match the file name {stem + JOB_SUFFIX!r}")
+    problems.extend(filter(None, (misspelled(key) for key in job if isinstance(key, str))))
     _check_command(job, problems)
     _check_int(job, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT, problems)
     _check_int(job, "max_retries", 0, MAX_RETRIES_LIMIT, problems)

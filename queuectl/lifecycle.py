@@ -46,6 +46,9 @@ def prepare(home, doc, now):
     if not isinstance(doc, dict):
         raise InvalidJob("a job must be a JSON object")
     doc = jobmod.validate(dict(doc))
+    if doc.get("attempts"):
+        raise InvalidJob(f"attempts is counted by the workers: leave it out or give 0 at "
+                         f"enqueue, got {doc['attempts']!r}")
     if doc.get("id") is None:
         doc["id"] = jobmod.new_id(now)
     return jobmod.complete(doc, {"max_retries": home.settings.max_retries}, now)
@@ -148,10 +151,17 @@ def requeue(home, claim, doc, now, reason="worker stopping"):
     return state
 
 
+# What the last attempt wrote: cleared when a job gets a fresh start from the DLQ, so
+# `show` never mixes a pending state with an old error or finish time.
+ATTEMPT_FIELDS = ("exit_code", "last_error", "finished_at", "duration_s")
+
+
 def revive(home, claim, doc, now):
-    """DLQ retry: attempts reset, runs as soon as a worker is free."""
-    doc.update(attempts=0, run_at=None)
-    doc.pop("run_at", None)
+    """DLQ retry: attempts reset and the last attempt's fields cleared; ready from now (its
+    wait is counted from the retry, not from its creation)."""
+    for name in ATTEMPT_FIELDS:
+        doc.pop(name, None)
+    doc.update(attempts=0, run_at=jobmod.iso(now))
     state = _finish(home, claim, doc, "pending", "revive", now)
     log.info("revived %s from the dead letter queue", doc["id"])
     return state
@@ -159,7 +169,7 @@ def revive(home, claim, doc, now):
 
 def run_now(home, claim, doc, now):
     """A failed job waiting for its retry time becomes ready now (attempts kept)."""
-    doc.pop("run_at", None)
+    doc["run_at"] = jobmod.iso(now)
     state = _finish(home, claim, doc, "pending", "retry", now)
     log.info("retry now %s", doc["id"])
     return state

@@ -160,6 +160,23 @@ class RunningJob:
         return lines[-1][:300] if lines else ""
 
 
+def end_interrupted_log(path, note):
+    """Close an attempt whose worker died mid-run: append `=== end: NOTE` to its output log
+    unless the log already ends with an end line (or there is no log). Best effort."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 4096, max(0, size - 4096)).decode("utf-8", "replace")
+        last = tail.rstrip("\n").rsplit("\n", 1)[-1]
+        if size and not last.startswith("=== end"):
+            _write_quietly(fd, ("" if tail.endswith("\n") else "\n") + f"=== end: {note}\n")
+    finally:
+        os.close(fd)
+
+
 def _write_quietly(fd, text):
     """Log lines are best effort: a full disk must not turn a finished job into a crash."""
     try:

@@ -183,8 +183,8 @@ class Spool:
         """Sorted ids of the jobs in any state whose id starts with `prefix`."""
         found = set()
         for state in JOB_STATES:
-            found.update(name[:-len(JOB_SUFFIX)] for name in self.names(state)
-                         if name.startswith(prefix))
+            found.update(job_id for job_id in (n[:-len(JOB_SUFFIX)] for n in self.names(state))
+                         if job_id.startswith(prefix))
         return sorted(found)
 
     # ---- reading ------------------------------------------------------------------------

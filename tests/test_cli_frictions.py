@@ -144,3 +144,140 @@ def _in_wait(pid):
                    for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
+
+
+# ---- ids: short generated ids, unique prefixes ----------------------------------------
+
+def test_generated_ids_are_19_characters(cli):
+    job_id = ok(cli("enqueue", '{"command": "x"}')).stdout.strip()
+    assert re.fullmatch(r"[0-9a-hjkmnp-tv-z]{11}-[0-9a-hjkmnp-tv-z]{7}", job_id)
+
+
+def test_every_command_taking_an_id_accepts_a_unique_prefix(cli, spool):
+    ok(cli("enqueue", '{"id": "report-2026", "command": "x"}'))
+    ok(cli("enqueue", '{"id": "backup-a", "command": "x"}'))
+    ok(cli("enqueue", '{"id": "backup-b", "command": "x"}'))
+    assert ok(cli("show", "rep")).stdout.startswith("id:       report-2026\n")
+    ok(cli("cancel", "rep"), "report-2026: cancelled (was pending; now in dead/)\n")
+    ok(cli("dlq", "retry", "report"), "report-2026: moved to pending (attempts reset)\n")
+    failed(cli("show", "backup"), "Error: id prefix 'backup' matches 2 jobs: backup-a, "
+                                  "backup-b; give more characters\n")
+    failed(cli("cancel", "back"), "Error: id prefix 'back' matches 2 jobs: backup-a, "
+                                  "backup-b; give more characters\n")
+    failed(cli("show", "nothing"), f"Error: no job with id 'nothing' in {spool}\n")
+
+
+# ---- scripts added with --file -----------------------------------------------------------
+
+def test_a_script_job_is_named_by_its_file(cli, tmp_path, spool):
+    script = tmp_path / "task.py"
+    script.write_text("import os\nprint(__file__, os.environ['QUEUECTL_SCRIPT'])\n")
+    ok(cli("enqueue", "--id", "s", "--file", script))
+    lines = ok(cli("list")).stdout.splitlines()
+    assert lines[1:] == ["ID  STATE    PRI  TRIES  WHEN   COMMAND / LAST ERROR",
+                         "s   pending  0    0/4    ready  task.py (frozen copy)"]
+    rows = json.loads(ok(cli("list", "--json")).stdout)
+    assert rows[0]["script"] == str(script)
+    shown = ok(cli("show", "s")).stdout
+    assert "\ncommand:      task.py (frozen copy)\n" in shown
+    assert f"\nscript:       {script}\n" in shown
+    assert shown.endswith("--- frozen copy of task.py, run by python3 ---\n"
+                          "import os\n"
+                          "print(__file__, os.environ['QUEUECTL_SCRIPT'])\n"
+                          "--- end of script text ---\n")
+    assert json.loads(ok(cli("show", "s", "--json")).stdout)["job"]["script"] == str(script)
+
+
+def test_inside_a_frozen_script_dollar_0_is_dev_fd_9_and_the_origin_is_in_the_env(
+        cli, run_queuectl, tmp_path, home):
+    script = tmp_path / "dir with space" / "task.sh"
+    script.parent.mkdir()
+    script.write_text('echo "0=$0"\necho "script=$QUEUECTL_SCRIPT"\n'
+                      'echo "dir=$QUEUECTL_SCRIPT_DIR"\ncat "$QUEUECTL_SCRIPT_DIR/data.txt"\n')
+    (script.parent / "data.txt").write_text("beside\n")
+    ok(cli("enqueue", "--id", "s", "--file", script))
+    ran = run_queuectl("worker", "start", "--count", "1")
+    assert ran.exit_code == 0, ran.stderr
+    try:
+        assert run_queuectl("wait", "s", "--timeout", "30").exit_code == 0
+    finally:
+        run_queuectl("worker", "stop")
+    out = ok(cli("logs", "s")).stdout.splitlines()
+    assert out[1:5] == ["0=/dev/fd/9", f"script={script}", f"dir={script.parent}", "beside"]
+
+
+# ---- misspelled fields ---------------------------------------------------------------
+
+def test_a_misspelled_field_is_refused_with_a_suggestion(cli, spool):
+    failed(cli("enqueue", '{"command": "x", "prioirty": 9, "max_retry": 0, "delay": "5m"}'),
+           "Error: unknown field 'prioirty': did you mean 'priority'?; unknown field "
+           "'max_retry': did you mean 'max_retries'?; 'delay' is not a job field: use run_at "
+           "(an ISO-8601 time) or `enqueue --delay`\n")
+    ok(cli("enqueue", '{"id": "meta", "command": "x", "owner": "me", "tags": ["a"], '
+                      '"comment": "c"}'), "meta\n")
+
+
+def test_attempts_at_enqueue_is_refused(cli):
+    failed(cli("enqueue", '{"command": "x", "attempts": 7}'),
+           "Error: attempts is counted by the workers: leave it out or give 0 at enqueue, "
+           "got 7\n")
+    ok(cli("enqueue", '{"id": "zero", "command": "x", "attempts": 0}'), "zero\n")
+
+
+def test_a_drop_in_with_a_misspelled_field_is_rejected_with_the_same_reason(cli, drop):
+    ok(cli("init"))
+    drop("typo.json", b'{"command": "x", "prioirty": 9}', age=60)
+    ok(cli("status"))
+    rows = json.loads(ok(cli("list", "--state", "rejected", "--json")).stdout)
+    assert [(r["id"], r["last_error"]) for r in rows] == [
+        ("typo", "unknown field 'prioirty': did you mean 'priority'?")]
+
+
+# ---- stale fields after a retry; backlog counting -------------------------------------
+
+def test_dlq_retry_clears_the_last_attempts_fields_and_is_ready_since_the_retry(cli, spool):
+    ok(cli("enqueue", '{"id": "c", "command": "x"}'))
+    doc = json.loads((spool / "pending" / "c.json").read_text())
+    ok(cli("cancel", "c"), "c: cancelled (was pending; now in dead/)\n")
+    dead = json.loads((spool / "dead" / "c.json").read_text())
+    assert dead["last_error"] == "cancelled" and "finished_at" in dead
+    ok(cli("dlq", "retry", "c"))
+    back = json.loads((spool / "pending" / "c.json").read_text())
+    for name in ("exit_code", "last_error", "finished_at", "duration_s"):
+        assert name not in back
+    assert back["attempts"] == 0 and back["run_at"] > doc["created_at"]
+    shown = ok(cli("show", "c")).stdout
+    assert "error:" not in shown and "finished_at" not in shown
+    status = json.loads(ok(cli("status", "--json")).stdout)
+    assert status["ready"] == 1 and status["oldest_ready_age_s"] < 5
+
+
+def test_failed_jobs_whose_retry_is_due_count_as_ready(cli, drop):
+    ok(cli("init"))
+    job = {"command": "x", "attempts": 1, "max_retries": 3, "last_error": "exit code 1",
+           "created_at": "2026-01-01T00:00:00Z", "run_at": "2026-01-01T00:00:02Z"}
+    drop("due.json", json.dumps(job).encode(), state="failed")
+    drop("later.json", json.dumps(dict(job, run_at="2999-01-01T00:00:00Z")).encode(),
+         state="failed")
+    status = json.loads(ok(cli("status", "--json")).stdout)
+    assert (status["ready"], status["scheduled"], status["counts"]["failed"]) == (1, 0, 2)
+
+
+def test_recovery_closes_the_output_log_of_an_attempt_whose_worker_died(cli, spool):
+    ok(cli("enqueue", '{"id": "k", "command": "x"}'))
+    os.rename(spool / "pending" / "k.json", spool / "processing" / "k.json")
+    (spool / "output" / "k.log").write_text(
+        "=== queuectl k attempt 1 at 2026-01-01T00:00:00.000000Z on w\npartial")
+    assert ok(cli("recover")).stdout == "k: worker died: attempt counted, moved to failed " \
+                                        "(will retry)\n"
+    lines = (spool / "output" / "k.log").read_text().splitlines()
+    assert lines[1] == "partial"
+    assert re.fullmatch(r"=== end: worker died \(found by recovery at \S+Z\)", lines[2])
+    assert len(lines) == 3
+
+
+def test_duration_is_shown_to_the_millisecond(cli, drop):
+    ok(cli("init"))
+    drop("d.json", json.dumps({"command": "x", "duration_s": 0.123456789,
+                               "exit_code": 0}).encode(), state="completed")
+    assert "\nduration_s:   0.123\n" in ok(cli("show", "d")).stdout
