@@ -107,6 +107,17 @@ def get_key(name):
                             f"{', '.join(sorted(KEYS))}") from None
 
 
+FOREIGN_MARGIN = 30
+FOREIGN_MIN_SECONDS = 60
+
+
+def foreign_after(settings):
+    """Seconds after which a file in a job directory that can never be a job (hidden, or
+    not *.json) counts as forgotten: 30 x settle_seconds (a tool staging `.x.json.part`
+    renames it well within that), at least a minute."""
+    return max(FOREIGN_MIN_SECONDS, FOREIGN_MARGIN * settings.settle_seconds)
+
+
 class Settings:
     """Every key's effective value; attribute access (settings.max_retries)."""
 

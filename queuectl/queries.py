@@ -7,7 +7,8 @@ import os
 from . import job as jobmod
 from .errors import AmbiguousId, InvalidJob, JobNotFound
 from .ingest import ingest
-from .spool import JOB_STATES, NotAJobFile
+from .config import foreign_after
+from .spool import JOB_STATES, NotAJobFile, display_name
 
 LIST_STATES = (*JOB_STATES, "rejected")
 
@@ -71,6 +72,9 @@ def status(home, workers=()):
         "ready": ready, "scheduled": scheduled,
         "oldest_ready_age_s": round(now - oldest_due, 3) if oldest_due is not None else None,
         "paused": home.spool.is_paused(),
+        "foreign": [{"where": f"pending/{display_name(name)}", "age_s": round(age_s, 3)}
+                    for name, age_s in home.spool.foreign("pending",
+                                                          foreign_after(home.settings), now)],
         "worker_summary": worker_summary(workers, now),
         "workers": list(workers),
     }

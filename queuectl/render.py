@@ -113,6 +113,11 @@ def status_text(report):
     rows = [[state, n, detail.get(state, "")] for state, n in counts.items()]
     rows.append(["rejected", report["rejected"], ""])
     lines.append(table(["STATE", "JOBS", ""], rows))
+    foreign = report.get("foreign") or []
+    if foreign:
+        shown = ", ".join(f["where"] for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        lines.append(f"{len(foreign)} file{'s' if len(foreign) != 1 else ''} in pending/ "
+                     f"will never run (hidden or not *.json): {shown}; see queuectl fsck")
     lines.append("")
     lines.append(workers_text(report["workers"], report["worker_summary"]))
     return "\n".join(lines)

@@ -179,6 +179,23 @@ class Spool:
                 break
         return found
 
+    def foreign(self, state, older_than, now):
+        """[(name, age_s)] of files in a job directory that can never be jobs (hidden, or not
+        ending in .json) and have not changed for `older_than` seconds: a tool staged them
+        and never renamed them, or someone dropped them under the wrong name."""
+        try:
+            names = os.listdir(self.dir(state))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if is_candidate(name):
+                continue
+            st = self.lstat(state, name)
+            if st is not None and now - st.st_mtime >= older_than:
+                found.append((name, now - st.st_mtime))
+        return sorted(found)
+
     def ids_with_prefix(self, prefix):
         """Sorted ids of the jobs in any state whose id starts with `prefix`."""
         found = set()

@@ -281,3 +281,24 @@ def test_duration_is_shown_to_the_millisecond(cli, drop):
     drop("d.json", json.dumps({"command": "x", "duration_s": 0.123456789,
                                "exit_code": 0}).encode(), state="completed")
     assert "\nduration_s:   0.123\n" in ok(cli("show", "d")).stdout
+
+
+# ---- foreign files ---------------------------------------------------------------------
+
+def test_foreign_files_are_reported_by_fsck_and_status(cli, drop, home):
+    ok(cli("init"))
+    drop("noext", b'{"command": "x"}', age=120)
+    drop(".hidden.json", b'{"command": "x"}', age=120)
+    drop(".fresh.json.part", b'{"comm', age=0)          # a tool still writing: not yet
+    lines = cli("fsck").stdout.splitlines()
+    assert lines[0].split() == ["PROBLEM", "WHERE", "DETAIL", "REPAIR"]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["foreign-file", "pending/.hidden.json"], ["foreign-file", "pending/noext"]]
+    assert cli("fsck").exit_code == 1
+    status = ok(cli("status")).stdout.splitlines()
+    assert ("2 files in pending/ will never run (hidden or not *.json): pending/.hidden.json, "
+            "pending/noext; see queuectl fsck") in status
+    assert [f["where"] for f in json.loads(ok(cli("status", "--json")).stdout)["foreign"]] \
+        == ["pending/.hidden.json", "pending/noext"]
+    ok(cli("fsck", "--repair"))
+    assert ok(cli("fsck")).stdout == f"spool {home}/spool is consistent\n"

@@ -169,7 +169,7 @@ PROBLEMS = {
     "orphan": (make_orphan, {("orphan", "processing/j2.json")}, check_orphan),
     "two-states": (make_two_states, {("two-states", "j3.json")}, check_two_states),
     "stale-tmp": (make_stale_tmp, {("stale-tmp", "tmp/host.123.abcdef")}, check_stale_tmp),
-    "not-a-job": (make_not_a_job, {("not-a-job", "failed/notes.txt")}, check_not_a_job),
+    "not-a-job": (make_not_a_job, {("foreign-file", "failed/notes.txt")}, check_not_a_job),
     "unparseable": (make_unparseable, {("not-a-job", "completed/broken.json")},
                     check_unparseable),
     "row-without-file": (make_row_without_file,
