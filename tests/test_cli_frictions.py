@@ -302,3 +302,45 @@ def test_foreign_files_are_reported_by_fsck_and_status(cli, drop, home):
         == ["pending/.hidden.json", "pending/noext"]
     ok(cli("fsck", "--repair"))
     assert ok(cli("fsck")).stdout == f"spool {home}/spool is consistent\n"
+
+
+# ---- small ones --------------------------------------------------------------------------
+
+def test_watchdogs_own_log_lines_never_reach_the_terminal(tmp_path, capfd, caplog):
+    import logging
+
+    from queuectl import watcher
+    watch = watcher.start([str(tmp_path)], watcher.Wakeup())
+    with caplog.at_level(logging.DEBUG, logger="queuectl"):
+        logging.getLogger("watchdog.observers.inotify").error(
+            "InotifyEmitter.queue_events() called when the thread is inactive")
+    if watch is not None:
+        watch.stop()
+    assert capfd.readouterr().err == ""
+    assert "watchdog: InotifyEmitter.queue_events() called when the thread is inactive" in \
+        caplog.text
+
+
+def test_worker_start_says_when_the_queue_is_paused(cli, run_queuectl):
+    ok(cli("pause"))
+    ran = run_queuectl("worker", "start")
+    try:
+        lines = ran.stdout.splitlines()
+        assert re.fullmatch(r"started supervisor \d+ with 1 worker \(pid \d+\) for \S+",
+                            lines[0]), lines
+        assert lines[1:] == ["the queue is paused: workers claim nothing until "
+                             "`queuectl resume`"]
+    finally:
+        run_queuectl("worker", "stop")
+
+
+def test_demo_prints_pasteable_commands():
+    import subprocess
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (f"eval \"$(sed -n '/^quoted()/,/^}}/p' {here}/scripts/demo.sh)\"; "
+              "quoted queuectl enqueue '{\"a\": \"it'\\''s $HOME\"}' --delay 2s")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout
+    assert out == "queuectl enqueue '{\"a\": \"it'\\''s $HOME\"}' --delay 2s"
+    words = subprocess.run(["bash", "-c", f"printf '%s\\n' {out}"], capture_output=True,
+                           text=True).stdout.splitlines()
+    assert words == ["queuectl", "enqueue", "{\"a\": \"it's $HOME\"}", "--delay", "2s"]
