@@ -344,3 +344,103 @@ def test_demo_prints_pasteable_commands():
     words = subprocess.run(["bash", "-c", f"printf '%s\\n' {out}"], capture_output=True,
                            text=True).stdout.splitlines()
     assert words == ["queuectl", "enqueue", "{\"a\": \"it's $HOME\"}", "--delay", "2s"]
+
+
+# ---- 80 columns: COLUMNS=80 and a real terminal ------------------------------------------
+
+LONG = "python3 -m http.server --bind 127.0.0.1 --directory /srv/www/static 8080"
+
+
+def run_on_pty(home, *args, columns=80):
+    """Run the installed queuectl with its stdout on a pty `columns` wide (no $COLUMNS);
+    returns what it printed, with the terminal's \\r\\n turned back into \\n."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from conftest import QUEUECTL, queuectl_env
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = queuectl_env(home)
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    proc = subprocess.Popen([QUEUECTL, *map(str, args)], stdout=slave, stderr=slave,
+                            stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:          # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 0, bytes(out)
+    return bytes(out).decode().replace("\r\n", "\n")
+
+
+@pytest.fixture
+def wide_queue(cli, tmp_path):
+    """A generated-id job with a long command, a script job and a short one."""
+    job_id = ok(cli("enqueue", json.dumps({"command": LONG}))).stdout.strip()
+    script = tmp_path / "nightly-report.py"
+    script.write_text("print('report')\n" * 40)
+    ok(cli("enqueue", "--id", "report", "--priority", "5", "--file", script))
+    ok(cli("enqueue", '{"id": "short", "command": "echo hi"}'))
+    return job_id
+
+
+def expected_list(home, job_id):
+    return (f"home: {home}\n"
+            "ID                   STATE    PRI  TRIES  WHEN   COMMAND / LAST ERROR\n"
+            "report               pending  5    0/4    ready  nightly-report.py (frozen copy)\n"
+            f"{job_id}  pending  0    0/4    ready  python3 -m http.server --bin...\n"
+            "short                pending  0    0/4    ready  echo hi\n")
+
+
+EXPECTED_CONFIG = """\
+KEY                   VALUE               MEANING
+backoff_base          2        (default)  retry delay = base ** attempts, s
+backoff_max           3600     (default)  cap on the retry delay, seconds
+completed_retention   604800   (default)  keep completed jobs this long, s/none
+job_timeout           none     (default)  default job time limit, s, or none
+log_level             INFO     (default)  one of DEBUG, INFO, WARNING, ERROR
+max_job_bytes         1048576  (default)  largest job file accepted, bytes
+max_retries           3        (default)  retries before a job goes to dead/
+metrics_textfile      none     (default)  Prometheus text file (none: off)
+settle_seconds        2        (default)  wait before rejecting a bad drop-in, s
+shutdown_timeout      30       (default)  grace for a running job at stop, s
+worker_poll_interval  1        (default)  safety-net rescan of the spool, s
+"""
+
+
+def test_list_and_config_fit_80_columns_with_COLUMNS(run_queuectl, home, wide_queue):
+    ran = run_queuectl("list", env={"COLUMNS": 80})
+    assert ran.stdout == expected_list(home, wide_queue)
+    assert run_queuectl("config", "show", env={"COLUMNS": 80}).stdout == EXPECTED_CONFIG
+    # The full command stays in --json and show.
+    rows = json.loads(run_queuectl("list", "--json", env={"COLUMNS": 80}).stdout)
+    assert [r["command"] for r in rows if r["id"] == wide_queue] == [LONG]
+    assert f"\ncommand:      {LONG}\n" in run_queuectl("show", wide_queue).stdout
+
+
+def test_list_and_config_fit_an_80_column_terminal(home, wide_queue):
+    assert run_on_pty(home, "list") == expected_list(home, wide_queue)
+    assert run_on_pty(home, "config", "show") == EXPECTED_CONFIG
+
+
+def test_a_wider_terminal_shows_more_of_the_command(home, wide_queue):
+    lines = run_on_pty(home, "list", columns=130).splitlines()
+    assert lines[3] == f"{wide_queue}  pending  0    0/4    ready  {LONG}"
+
+
+def test_metrics_and_status_fit_80_columns(run_queuectl, home, wide_queue):
+    for args in (("metrics",), ("status",), ("show", "report")):
+        text = run_on_pty(home, *args)
+        too_wide = [line for line in text.splitlines()
+                    if len(line) > 80 and not line.startswith(("home: ", "file: ", "script: "))]
+        assert too_wide == [], args
