@@ -1,7 +1,8 @@
 """Job lifecycle: the only code that changes a job's state. One function per move; each
 moves the file in the spool first and updates the index after (spool first, index after).
 
-Legal moves (MOVES below): publish (-> pending), claim (pending|failed -> processing),
+Legal moves (MOVES below): publish (-> pending), claim (pending|failed|dead -> processing:
+workers claim from pending and failed, cancel from pending and failed, revive from dead),
 complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive and cancel
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.

@@ -313,9 +313,10 @@ def prometheus_text(m):
            [(_wlabels(w), w["jobs_done"]) for w in workers])
     metric("queuectl_worker_jobs_failed_total", "counter", "Failed attempts by the worker.",
            [(_wlabels(w), w["jobs_failed"]) for w in workers])
-    metric("queuectl_worker_cpu_percent", "gauge", "Worker CPU use, percent of one core.",
+    metric("queuectl_worker_cpu_percent", "gauge",
+           "CPU use of the worker and its job, percent of one core.",
            [(_wlabels(w), w["cpu_percent"] or 0) for w in workers])
-    metric("queuectl_worker_rss_bytes", "gauge", "Worker resident memory.",
+    metric("queuectl_worker_rss_bytes", "gauge", "Resident memory of the worker and its job.",
            [(_wlabels(w), int((w["rss_mb"] or 0) * 1048576)) for w in workers])
     metric("queuectl_worker_heartbeat_age_seconds", "gauge", "Seconds since the heartbeat.",
            [(_wlabels(w), w["heartbeat_age_s"]) for w in workers])

@@ -1,4 +1,7 @@
-"""The spool: the only module that knows the directory layout and moves files.
+"""The spool: the only module that knows the directory layout and moves job files between
+state directories. (Other modules touch files that are not jobs: fsck deletes stale tmp/
+files, runner replaces an output log that is not a regular file, index sets a broken
+database aside.)
 
 A job's state is the directory its file sits in. Invariants kept here:
 - No move overwrites (renameat2 NOREPLACE or link+unlink): an existing destination means a
@@ -30,8 +33,8 @@ _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to im
 
 
 class NotAJobFile(Exception):
-    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `settled`
-    is False when the problem may be a writer still at work (e.g. vanished mid-read)."""
+    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `gone`
+    is True when the file vanished (another process moved it: a lost race, not a problem)."""
 
     def __init__(self, reason, gone=False):
         super().__init__(reason)
