@@ -184,7 +184,8 @@ def started_text(started, count, home, paused):
     pids = started["workers"]
     which = f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(map(str, pids))}"
     return (f"started supervisor {started['supervisor_pid']} with {count} worker"
-            f"{'s' if count != 1 else ''} ({which}) for {home}" + (PAUSED_NOTE if paused else ""))
+            f"{'s' if count != 1 else ''} ({which})\nhome: {home}" +
+            (PAUSED_NOTE if paused else ""))
 
 
 def foreground_text(count, home, paused):

@@ -321,14 +321,13 @@ def test_watchdogs_own_log_lines_never_reach_the_terminal(tmp_path, capfd, caplo
         caplog.text
 
 
-def test_worker_start_says_when_the_queue_is_paused(cli, run_queuectl):
+def test_worker_start_says_when_the_queue_is_paused(cli, run_queuectl, home):
     ok(cli("pause"))
     ran = run_queuectl("worker", "start")
     try:
         lines = ran.stdout.splitlines()
-        assert re.fullmatch(r"started supervisor \d+ with 1 worker \(pid \d+\) for \S+",
-                            lines[0]), lines
-        assert lines[1:] == ["the queue is paused: workers claim nothing until "
+        assert re.fullmatch(r"started supervisor \d+ with 1 worker \(pid \d+\)", lines[0])
+        assert lines[1:] == [f"home: {home}","the queue is paused: workers claim nothing until "
                              "`queuectl resume`"]
     finally:
         run_queuectl("worker", "stop")
