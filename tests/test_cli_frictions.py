@@ -443,3 +443,62 @@ def test_metrics_and_status_fit_80_columns(run_queuectl, home, wide_queue):
         too_wide = [line for line in text.splitlines()
                     if len(line) > 80 and not line.startswith(("home: ", "file: ", "script: "))]
         assert too_wide == [], args
+
+
+# ---- workers in status and metrics -----------------------------------------------------
+
+def test_a_worker_shows_busy_the_moment_its_job_starts_and_counts_the_jobs_cpu(
+        cli, run_queuectl, home, tmp_path, wait_until):
+    marker = tmp_path / "started"
+    ok(cli("enqueue", json.dumps({"id": "burn", "command": f"touch {marker}; "
+                                  "end=$(($(date +%s) + 30)); "
+                                  "while [ $(date +%s) -lt $end ]; do :; done"})))
+    assert run_queuectl("worker", "start").exit_code == 0
+    try:
+        wait_until(marker.exists, timeout=30, message="the job to start")
+        # The worker wrote its row before it started the job: no heartbeat interval to wait.
+        status = json.loads(ok(cli("status", "--json")).stdout)
+        assert status["worker_summary"]["busy"] == 1
+        assert [w["current_job"] for w in status["workers"]] == ["burn"]
+        text = ok(cli("status")).stdout
+        assert re.search(r"^workers: 1 \(1 busy, 0 idle\), up \S+$", text, re.M), text
+
+        def job_cpu_counted():
+            m = json.loads(ok(cli("metrics", "--json")).stdout)
+            return m if (m["worker_summary"]["cpu_percent"] or 0) > 5 else None
+        m = wait_until(job_cpu_counted, timeout=20, message="the job's CPU in the metrics")
+        assert m["workers"][0]["cpu_percent"] > 5
+        assert ok(cli("cancel", "--running", "burn")).stdout == \
+            "burn: cancelled (was running, killed; now in dead/)\n"
+    finally:
+        run_queuectl("worker", "stop", "--timeout", "1")
+
+
+# ---- the README's tour, verbatim, in 80 columns ----------------------------------------
+
+def test_the_readme_tour_runs_verbatim_in_80_columns(tmp_path):
+    import subprocess
+
+    from conftest import QUEUECTL
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(here, "README.md"), encoding="utf-8").read()
+    tour = readme[readme.index("## A one-minute tour"):readme.index("## The spool and its")]
+    script = "\n".join(re.findall(r"```sh\n(.*?)```", tour, re.S))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+    env.update(COLUMNS="80", TMPDIR=str(tmp_path),
+               PATH=os.path.dirname(QUEUECTL) + os.pathsep + env.get("PATH", ""))
+    ran = subprocess.run(["bash", "-e", "-c", script + "\nqueuectl worker stop >/dev/null"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    try:
+        assert (ran.returncode, ran.stderr) == (0, ""), ran.stdout
+        assert "nightly: completed\n" in ran.stdout
+        assert "\nbackup\n" in ran.stdout
+        # Measured as in a plain `mktemp -d` home (/tmp/tmp.XXXXXXXXXX), not pytest's long one.
+        home = re.search(r"^queue created at (\S+)$", ran.stdout, re.M).group(1)
+        text = ran.stdout.replace(home, "/tmp/tmp.XXXXXXXXXX")
+        wide = [line for line in text.splitlines() if len(line) > 80]
+        assert wide == []
+    finally:
+        for home in tmp_path.glob("tmp.*"):
+            subprocess.run([QUEUECTL, "--home", str(home), "worker", "stop", "--timeout", "1"],
+                           capture_output=True, timeout=60)
