@@ -47,9 +47,6 @@ def prepare(home, doc, now):
     if not isinstance(doc, dict):
         raise InvalidJob("a job must be a JSON object")
     doc = jobmod.validate(dict(doc))
-    if doc.get("attempts"):
-        raise InvalidJob(f"attempts is counted by the workers: leave it out or give 0 at "
-                         f"enqueue, got {doc['attempts']!r}")
     if doc.get("id") is None:
         doc["id"] = jobmod.new_id(now)
     return jobmod.complete(doc, {"max_retries": home.settings.max_retries}, now)

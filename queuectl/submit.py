@@ -108,6 +108,9 @@ def build(home, docs, overrides, now):
     limit = home.settings.max_job_bytes
     for number, doc in enumerate(docs, 1):
         where = f"job {number}: " if len(docs) > 1 else ""
+        if isinstance(doc, dict) and doc.get("attempts"):
+            raise InvalidJob(f"{where}attempts is counted by the workers: leave it out or give "
+                             f"0 at enqueue, got {doc['attempts']!r}")
         try:
             # A microsecond apart, so a batch keeps its order in created_at and in ids.
             ready = lifecycle.prepare(home, doc, now + (number - 1) * 1e-6)

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -410,7 +411,8 @@ def test_dlq_retry_resets_attempts_and_moves_to_pending(cli, drop, spool, home):
     ok(cli("dlq", "retry", "d1"), "d1: moved to pending (attempts reset)\n")
     assert spool_contents(spool) == {"pending": ["d1.json"]}
     job = read_job(spool, "d1")
-    assert job["attempts"] == 0 and "run_at" not in job
+    # Ready since the retry: run_at is the moment of the retry, not a time ahead.
+    assert job["attempts"] == 0 and job["run_at"] <= jobmod.iso(time.time())
     assert job["owner"] == "kept" and job["command"] == "echo d1"
     rows = json.loads(ok(cli("list", "--json")).stdout)
     assert [(r["id"], r["state"], r["attempts"]) for r in rows] == [("d1", "pending", 0)]
