@@ -52,6 +52,7 @@ class Worker:
         self.next_scan = 0.0
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
+        self._stats = (None, None)     # the last CPU and memory figures (quick beats reuse them)
         # Retention is checked the first time the worker is idle, then every minute: a
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
@@ -226,7 +227,7 @@ class Worker:
         started = time.time()
         self.current = doc["id"]
         lifecycle.mark_running(home, doc)
-        self.heartbeat(textfile=False)     # status/metrics show it busy now, not next beat
+        self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,
@@ -254,7 +255,7 @@ class Worker:
         outcome, *also = outcome.split("+")
         home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
                           result.duration_s, also)
-        self.heartbeat(textfile=False)     # idle again, with the new done/failed counts
+        self.heartbeat(quick=True)     # idle again, with the new done/failed counts
 
     def _route(self, held, doc, running, result):
         """Move a finished job to its next state; returns the outcome's name."""
@@ -322,15 +323,21 @@ class Worker:
         return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
-    def heartbeat(self, state=None, textfile=True):
-        """Write this worker's row (also at every job start and finish, so its state shows
-        at once); the metrics textfile only on the timer (textfile=False skips it)."""
-        self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
-        self.home.index.reopen_if_replaced()
-        try:
-            cpu, rss = runner.process_stats()
-        except Exception:
-            cpu, rss = None, None
+    def heartbeat(self, state=None, quick=False):
+        """Write this worker's row. On the timer: with fresh CPU and memory figures, then the
+        metrics textfile. quick=True (at every job start and finish, so status shows the
+        state at once) reuses the last figures, skips the textfile and leaves the timer
+        alone: it costs one index write, not a scan of /proc."""
+        if quick:
+            cpu, rss = self._stats
+        else:
+            self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+            self.home.index.reopen_if_replaced()
+            try:
+                cpu, rss = runner.process_stats()
+            except Exception:
+                cpu, rss = None, None
+            self._stats = (cpu, rss)
         record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
                   "started_at": self.started_at, "heartbeat_at": time.time(),
                   "current_job": self.current, "jobs_done": self.jobs_done,
@@ -339,7 +346,7 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
-        if textfile and self.home.settings.metrics_textfile:
+        if not quick and self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile)
 
     def write_textfile(self, path):
