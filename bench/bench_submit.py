@@ -138,7 +138,7 @@ def bench_batch_enqueue(ctx):
     floor_files = ctx.scale(500, 100)
     for _ in range(ctx.scale(3, 2)):
         home = ctx.new_dir("batch-home")
-        ctx.run(ctx.q(home, "config", "show"))     # the index exists before the timed call
+        ctx.run(ctx.q(home, "init"))     # the layout and index exist before the timed call
         before = publish_floor(ctx.new_dir("floor"), floor_files)
         elapsed, out, _ = ctx.run(ctx.q(home, "enqueue", "-"), stdin=lines)
         if len(out.split()) != total:

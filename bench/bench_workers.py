@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from fixtures import wait_quiet
 from harness import CommandFailed, benchmark, count, percentile
 
-STARTED_RE = re.compile(r"started supervisor (\d+) with \d+ workers? \(pids ([\d, ]+)\)")
+STARTED_RE = re.compile(r"started supervisor (\d+) with \d+ workers? \(pids? ([\d, ]+)\)")
 # Runs a command in a new user namespace whose inotify instance limit is 0: watchdog cannot
 # start there, so the worker falls back to polling. The limit is per user namespace, so
 # nothing outside (other tests, other workers on this machine) is affected.
@@ -188,9 +188,9 @@ def workers_running(ctx, home, workers, prefix=(), slow_ok=False, env=None):
 
 
 def new_home(ctx, label, parent=None):
-    """An empty home with its layout and index made (by `config show`, outside any timing)."""
+    """An empty home with its layout and index made (by `init`, outside any timing)."""
     home = tempfile.mkdtemp(prefix=f"{label}-", dir=parent) if parent else ctx.new_dir(label)
-    ctx.run(ctx.q(home, "config", "show"))
+    ctx.run(ctx.q(home, "init"))
     os.makedirs(spool_dir(home, "tmp"), exist_ok=True)
     return home
 

@@ -1,6 +1,7 @@
 """The command line: parses arguments, makes one library call, renders, exits. Errors from
 the library (QueueError) become "Error: ..." on stderr and their exit code in one place
-(`QueuectlGroup.invoke`); usage errors are click's exit 2. Heavy modules (watchdog, psutil)
+(`QueuectlGroup.invoke`), and so do invalid option values (click's BadParameter): exit 2 is
+only for usage errors (unknown command or option, missing argument); Ctrl-C exits 130. Heavy modules (watchdog, psutil)
 are imported only by the commands that need them, so `enqueue` stays fast."""
 
 import logging
@@ -13,13 +14,29 @@ from . import render
 from .errors import QueueError
 from .home import Home
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class QueuectlGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as exc:
+            if isinstance(exc, click.MissingParameter):
+                raise            # a usage error: exit 2 with the usage line
+            # An invalid value is an error in the input like any other: exit 1, one form.
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except click.NoSuchOption as exc:
+            if not _is_number(exc.option_name):
+                raise
+            # `--watch -1`: click takes a negative number after an option whose value is
+            # optional for an option name. It is a bad value, not a usage error.
+            click.echo(f"Error: Invalid value {exc.option_name!r}: a negative number is not "
+                       "allowed here", err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            ctx.exit(EXIT_INTERRUPTED)   # Ctrl-C: 128 + SIGINT, without click's "Aborted!"
         except QueueError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
@@ -36,6 +53,14 @@ class QueuectlGroup(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
+def _is_number(text):
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 _LOG_SETUP = []
 
 
@@ -46,8 +71,15 @@ def _quiet_logging():
         handler.close()
 
 
-def _home(ctx):
+def _home(ctx, write=False):
+    """The Home of this call. Reading commands never create anything: without a queue they
+    fail with NoQueue. Writing commands (write=True) create the whole layout first."""
     home = ctx.find_object(Home)
+    if write:
+        if not home.exists():
+            home.create()
+    else:
+        home.require()
     if _LOG_SETUP and _LOG_SETUP[-1] is home:
         _LOG_SETUP.pop()
         home.configure_logging("cli", rotate=False)
@@ -89,6 +121,30 @@ def main(ctx, home_dir, spool_dir, data_dir):
         _LOG_SETUP.append(ctx.obj)
 
 
+# ---- init -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the paths as a JSON object.")
+@click.pass_context
+def init(ctx, as_json):
+    """Create a queue here (or at --home): the spool with every state
+    directory, data/ and the index. Safe to run again. enqueue, config set
+    and worker start create the queue too; reading commands never do.
+
+    \b
+    Example:
+      queuectl --home /srv/queue init
+    """
+    home = ctx.find_object(Home)
+    existed = home.exists()
+    paths = home.create()
+    _home(ctx, write=True)
+    if as_json:
+        _echo_json(dict(paths, created=not existed))
+    else:
+        click.echo(render.init_text(paths, existed))
+
+
 # ---- enqueue --------------------------------------------------------------------------------
 
 @main.command()
@@ -120,13 +176,13 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       cat jobs.jsonl | queuectl enqueue -
     """
     from . import submit
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:
         docs = [submit.script_job(script)]
     elif job_json == "-":
-        docs = submit.parse_submission(sys.stdin.buffer.read())
+        docs = submit.parse_stdin(sys.stdin.buffer.read())
     elif job_json is not None:
         docs = submit.parse_submission(job_json.encode("utf-8", "surrogateescape"))
     else:
@@ -211,8 +267,9 @@ def show(ctx, job_id, as_json):
     Example:
       queuectl show nightly
     """
-    from .queries import show as show_job
-    info = show_job(_home(ctx), job_id)
+    from .queries import resolve_ids, show as show_job
+    home = _home(ctx)
+    info = show_job(home, *resolve_ids(home, [job_id]))
     click.echo(render.to_json(info) if as_json else render.show_text(info))
 
 
@@ -274,9 +331,11 @@ def dlq_retry(ctx, ids, retry_all, as_json):
       queuectl dlq retry --all
     """
     from .control import dlq_retry as retry
+    from .queries import resolve_ids
     if bool(ids) == retry_all:
         raise click.UsageError("give job ids or --all (not both)")
-    outcomes = retry(_home(ctx), None if retry_all else list(ids))
+    home = _home(ctx)
+    outcomes = retry(home, None if retry_all else resolve_ids(home, ids))
     if retry_all and not outcomes and not as_json:
         click.echo("the dead letter queue is empty")
     _report(outcomes, as_json)
@@ -313,6 +372,22 @@ def config_show(ctx, as_json):
         click.echo(render.config_text(rows))
 
 
+@config.command("get")
+@click.argument("key")
+@click.pass_context
+def config_get(ctx, key):
+    """Print the value of KEY (`none` when unset and without default).
+
+    \b
+    Example:
+      queuectl config get max_retries
+    """
+    from .config import get_key
+    get_key(key)
+    value = getattr(_home(ctx).settings, key)
+    click.echo("none" if value is None else value)
+
+
 @config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
@@ -328,7 +403,7 @@ def config_set(ctx, key, value):
       queuectl config set job_timeout none
     """
     from .settings_store import set_value
-    shown = set_value(_home(ctx), key, value)
+    shown = set_value(_home(ctx, write=True), key, value)
     click.echo(f"{key} = {'none' if shown is None else shown}")
 
 
@@ -432,7 +507,9 @@ def cancel(ctx, ids, running, as_json):
       queuectl cancel --running long-job
     """
     from .control import cancel as cancel_jobs
-    _report(cancel_jobs(_home(ctx), list(ids), running), as_json)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    _report(cancel_jobs(home, resolve_ids(home, ids), running), as_json)
 
 
 @main.command()
@@ -448,7 +525,9 @@ def retry(ctx, ids, as_json):
       queuectl retry job-7
     """
     from .control import retry_now
-    _report(retry_now(_home(ctx), list(ids)), as_json)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    _report(retry_now(home, resolve_ids(home, ids)), as_json)
 
 
 @main.command()
@@ -461,7 +540,7 @@ def pause(ctx):
     Example:
       queuectl pause && queuectl status
     """
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     home.spool.set_paused(True)
     click.echo(f"paused: workers stop claiming within one poll interval "
                f"({home.spool_dir}/PAUSED exists)")
@@ -497,7 +576,9 @@ def wait(ctx, ids, timeout, as_json):
       id=$(queuectl enqueue '{"command": "make build"}') && queuectl wait "$id"
     """
     from .control import wait as wait_jobs
-    states = wait_jobs(_home(ctx), list(ids), timeout)
+    from .queries import resolve_ids
+    home = _home(ctx)
+    states = wait_jobs(home, resolve_ids(home, ids), timeout)
     if as_json:
         _echo_json(states)
     else:
@@ -527,7 +608,7 @@ def purge(ctx, state, older_than, as_json):
     try:
         seconds = parse_duration(older_than)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than")
+        raise click.BadParameter(str(exc), param_hint="'--older-than'")
     names = purge_jobs(_home(ctx), state, seconds)
     if as_json:
         _echo_json(names)
@@ -598,20 +679,16 @@ def worker_start(ctx, count, foreground, quiet):
       queuectl worker start --foreground --count 2    # for systemd
     """
     from . import pool
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     if foreground:
         from .security import check_spool
         home.spool.ensure_layout()
         check_spool(home)          # refuse before announcing anything
         if not quiet:
-            click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
-                       f"for {home.home} "
-                       "(Ctrl-C stops them gracefully)")
+            click.echo(render.foreground_text(count, home.home, home.spool.is_paused()))
         sys.exit(pool.run_foreground(home, count))
     started = pool.start(home, count)
-    click.echo(f"started supervisor {started['supervisor_pid']} with {count} worker"
-               f"{'s' if count != 1 else ''} (pids {', '.join(map(str, started['workers']))}) "
-               f"for {home.home}")
+    click.echo(render.started_text(started, count, home.home, home.spool.is_paused()))
 
 
 @worker.command("stop")
@@ -642,7 +719,7 @@ def worker_run(ctx):
     """Run one worker in this process (no supervisor)."""
     from .security import check_spool
     from .worker import run_worker
-    home = _home(ctx)
+    home = _home(ctx, write=True)
     home.spool.ensure_layout()
     check_spool(home)
     sys.exit(run_worker(home))
@@ -660,7 +737,9 @@ def logs(ctx, job_id, follow):
       queuectl logs nightly -f
     """
     from .output import stream_output
-    for chunk in stream_output(_home(ctx), job_id, follow):
+    from .queries import resolve_ids
+    home = _home(ctx)
+    for chunk in stream_output(home, *resolve_ids(home, [job_id]), follow):
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 

@@ -27,30 +27,26 @@ class Key:
 
 
 KEYS = {k.name: k for k in (
-    Key("max_retries", 3, "int", 0, help="retries after the first attempt before the DLQ",
-        maximum=1000),
-    Key("backoff_base", 2, "number", 1, help="retry delay = backoff_base ** attempts seconds",
+    Key("max_retries", 3, "int", 0, help="retries before a job goes to dead/", maximum=1000),
+    Key("backoff_base", 2, "number", 1, help="retry delay = base ** attempts, s",
         maximum=1000),
     Key("backoff_max", 3600, "number", 0, help="cap on the retry delay, seconds",
         maximum=MAX_SECONDS),
     Key("log_level", "INFO", "choice", help="one of " + ", ".join(LOG_LEVELS)),
     Key("worker_poll_interval", 1, "number", 0, True,
-        help="safety-net rescan of the spool, seconds (pickup itself is inotify)",
-        maximum=86400),
+        help="safety-net rescan of the spool, s", maximum=86400),
     Key("job_timeout", None, "optional_number", 0, True,
-        help="default per-job time limit in seconds, or none", maximum=MAX_SECONDS),
-    Key("shutdown_timeout", 30, "number", 0, help="how long a stopping worker lets a job run",
+        help="default job time limit, s, or none", maximum=MAX_SECONDS),
+    Key("shutdown_timeout", 30, "number", 0, help="grace for a running job at stop, s",
         maximum=MAX_SECONDS),
     Key("settle_seconds", 2, "number", 0,
-        help="how long an unparsable drop-in must stay unchanged before it is rejected",
-        maximum=86400),
+        help="wait before rejecting a bad drop-in, s", maximum=86400),
     Key("max_job_bytes", 1048576, "int", 2, help="largest job file accepted, bytes",
         maximum=64 << 20),
     Key("completed_retention", 604800, "optional_number", 0, True,
-        help="workers delete completed jobs older than this many seconds (none: keep)",
-        maximum=MAX_SECONDS),
+        help="keep completed jobs this long, s/none", maximum=MAX_SECONDS),
     Key("metrics_textfile", None, "optional_path",
-        help="file workers keep Prometheus metrics in (none: off)"),
+        help="Prometheus text file (none: off)"),
 )}
 
 
@@ -68,6 +64,18 @@ def _number(text, key):
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidConfig(f"{key.name} must be a finite number, got {text!r}")
     return value
+
+
+def _looks_int(text):
+    if isinstance(text, bool):
+        return False
+    if isinstance(text, int):
+        return True
+    try:
+        int(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_range(value, key):
@@ -100,6 +108,8 @@ def parse_value(name, text):
         return value
     if key.kind == "optional_path":
         return str(text)
+    if key.kind == "int" and not _looks_int(text):
+        raise InvalidConfig(f"{name} must be an integer, got {text!r}")
     value = _number(text, key)
     if key.kind == "int" and not isinstance(value, int):
         raise InvalidConfig(f"{name} must be an integer, got {text!r}")
@@ -112,6 +122,17 @@ def get_key(name):
     except KeyError:
         raise InvalidConfig(f"unknown config key {name!r}; valid keys: "
                             f"{', '.join(sorted(KEYS))}") from None
+
+
+FOREIGN_MARGIN = 30
+FOREIGN_MIN_SECONDS = 60
+
+
+def foreign_after(settings):
+    """Seconds after which a file in a job directory that can never be a job (hidden, or
+    not *.json) counts as forgotten: 30 x settle_seconds (a tool staging `.x.json.part`
+    renames it well within that), at least a minute."""
+    return max(FOREIGN_MIN_SECONDS, FOREIGN_MARGIN * settings.settle_seconds)
 
 
 class Settings:

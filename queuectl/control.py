@@ -119,7 +119,7 @@ def cancel(home, ids, running=False):
             raise WrongState(f"job {job_id!r} is running; use --running to kill and cancel it")
         _cancel_running(home, job_id)
         where = home.spool.find(job_id)
-        return f"killed and cancelled (now in {where[0] if where else 'no'} state)"
+        return f"cancelled (was running, killed; now in {where[0] + '/' if where else '?'})"
     return for_each(home, ids, action)
 
 

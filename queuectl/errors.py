@@ -27,6 +27,14 @@ class JobNotFound(QueueError):
     """No job with that id in any state directory."""
 
 
+class NoQueue(QueueError):
+    """A read-only command found no queue where it looked (it never creates one)."""
+
+
+class AmbiguousId(QueueError):
+    """An id prefix that names more than one job."""
+
+
 class InvalidConfig(QueueError):
     """An unknown config key or a value of the wrong type or range."""
 

@@ -1,14 +1,16 @@
 """fsck: check the spool's invariants the way `postsuper -s` checks Postfix's queue, and with
 repair fix what is safe. Checks: unowned files in processing/ (leftovers and orphans), ids in
 two state directories, stale files in tmp/, files that are not jobs where jobs should be,
-stale cancel markers, and index rows that disagree with the spool. Repairs go through
-lifecycle (recover, reject) and reindex, so fsck never invents a state change of its own."""
+stale cancel markers, foreign files (hidden or not *.json) left in a job directory, and index
+rows that disagree with the spool. Repairs go through lifecycle (recover, reject) and
+reindex, so fsck never invents a state change of its own."""
 
 import os
 from dataclasses import dataclass
 
 from . import job as jobmod
 from . import lifecycle
+from .config import foreign_after
 from .ingest import examine, reindex
 from .spool import JOB_STATES, display_name, is_candidate
 
@@ -88,30 +90,27 @@ def _check_tmp(home, repair, now, problems):
         problems.append(problem)
 
 
+def _check_foreign(home, repair, now, problems):
+    limit = foreign_after(home.settings)
+    for state in JOB_STATES:
+        if state == "processing":
+            continue          # its dot-files are cancel markers, checked with the claims
+        for name, age_s in home.spool.foreign(state, limit, now):
+            problem = Problem("foreign-file", f"{state}/{display_name(name)}",
+                              f"never a job (hidden or not *.json), unchanged for "
+                              f"{int(age_s)}s")
+            if repair:
+                lifecycle.reject(home, state, name, "not a job file name (fsck)", now=now)
+                problem.fixed = "moved to rejected/"
+            problems.append(problem)
+
+
 def _check_files(home, repair, now, problems):
     for state in JOB_STATES:
         if state == "processing":
             continue
-        try:
-            names = os.listdir(home.spool.dir(state))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            if name.startswith("."):
-                continue
+        for name in home.spool.names(state):
             where = f"{state}/{display_name(name)}"
-            if not is_candidate(name):
-                # Tools may stage files under other names before renaming them to .json:
-                # only a day-old one is a problem.
-                st = home.spool.lstat(state, name)
-                if st is None or now - st.st_mtime < STALE_TMP_SECONDS:
-                    continue
-                problem = Problem("not-a-job", where, "not a .json name, older than a day")
-                if repair:
-                    lifecycle.reject(home, state, name, "not a job file name (fsck)", now=now)
-                    problem.fixed = "moved to rejected/"
-                problems.append(problem)
-                continue
             verdict = examine(home, state, name, now)
             if verdict.doc is None and not verdict.gone and not verdict.unsettled:
                 problem = Problem("not-a-job", where, verdict.reason)
@@ -158,6 +157,7 @@ def fsck(home, repair=False):
     _check_processing(home, repair, now, problems)
     _check_duplicates(home, repair, now, problems)
     _check_tmp(home, repair, now, problems)
+    _check_foreign(home, repair, now, problems)
     _check_files(home, repair, now, problems)
     _check_cancel_markers(home, repair, problems)
     index_problems = []

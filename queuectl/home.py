@@ -3,13 +3,16 @@ bound to them. Everything above the adapters takes a Home rather than loose path
 
 The home is --home, else $QUEUECTL_HOME, else the current directory; spool/ and data/ sit in
 it unless --spool/--data (or $QUEUECTL_SPOOL/$QUEUECTL_DATA) place them apart. Nothing is
-created until the first write."""
+created until the first write: commands that only read call `require()`, which raises
+NoQueue where there is no spool, and commands that write call `create()`, which makes the
+whole layout (so spool/pending/ exists for drop-ins from the start)."""
 
 import logging
 import os
 import time
 
 from .config import Settings
+from .errors import NoQueue
 from .index import Index
 from .spool import Spool
 
@@ -67,6 +70,30 @@ class Home:
     def reload_settings(self):
         self._settings = None
         return self.settings
+
+    def where(self):
+        """The directory to name in messages: the home, or the spool when placed apart."""
+        inside = os.path.dirname(self.spool_dir) == self.home
+        return self.home if inside else self.spool_dir
+
+    def exists(self):
+        return self.spool.exists()
+
+    def require(self):
+        """Raise NoQueue unless a queue (its spool) exists here; never creates anything."""
+        if not self.exists():
+            raise NoQueue(f"no queue at {self.where()} (run `queuectl init` or enqueue a "
+                          "job to create one)")
+        return self
+
+    def create(self):
+        """Create the whole layout: every spool directory, data/ with logs/, the index.
+        Idempotent. Returns {"home", "spool", "data", "index", "pending"} paths."""
+        self.spool.ensure_layout()
+        self.make_data_dir("logs")
+        self.index.config()          # creates data/queue.db with its schema
+        return {"home": self.home, "spool": self.spool_dir, "data": self.data_dir,
+                "index": self.index.path, "pending": self.spool.dir("pending")}
 
     def path(self, *parts):
         return os.path.join(self.data_dir, *parts)

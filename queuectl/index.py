@@ -250,10 +250,12 @@ class Index:
         return dict(self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"))
 
     def ready_summary(self, now):
-        """(ready count, scheduled count, oldest due_ts among ready) for pending/."""
+        """(ready count, scheduled count, oldest due_ts among ready). Ready: pending jobs
+        and failed jobs whose retry is due (a worker takes either now); scheduled: pending
+        jobs whose run_at is still ahead."""
         ready, oldest = self.db.execute(
-            "SELECT count(*), min(due_ts) FROM jobs WHERE state='pending' AND due_ts<=?",
-            (now,)).fetchone()
+            "SELECT count(*), min(due_ts) FROM jobs WHERE state IN ('pending', 'failed') "
+            "AND due_ts<=?", (now,)).fetchone()
         scheduled = self.db.execute(
             "SELECT count(*) FROM jobs WHERE state='pending' AND due_ts>?", (now,)).fetchone()[0]
         return ready, scheduled, oldest
@@ -365,11 +367,13 @@ class Index:
                                (since_minute,)).fetchall()
 
     def ready_ages(self, now, edges):
-        """Ready pending jobs per age bucket: counts for [edges[i], edges[i+1]) seconds."""
+        """Ready jobs (pending, or failed with the retry due) per age bucket: counts for
+        [edges[i], edges[i+1]) seconds."""
         cases = " ".join(f"WHEN ? - due_ts < {float(e)} THEN {i}" for i, e in enumerate(edges))
         rows = self.db.execute(
             f"SELECT CASE {cases} ELSE {len(edges)} END AS bucket, count(*) FROM jobs "
-            "WHERE state='pending' AND due_ts<=? GROUP BY bucket", (*[now] * len(edges), now))
+            "WHERE state IN ('pending', 'failed') AND due_ts<=? GROUP BY bucket",
+            (*[now] * len(edges), now))
         return dict(rows.fetchall())
 
     def oldest_timing(self):

@@ -65,11 +65,37 @@ def parse_duration(text):
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+# Crockford's base32 in lowercase: digits sort before letters, so ids sort as their times.
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+_HOST_TAG = None
+
+
+def _base32(number, width):
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 32)
+        chars.append(_B32[digit])
+    return "".join(reversed(chars))
+
+
+def host_tag():
+    """Two base32 characters derived from the host name, so ids made on different hosts
+    at the same microsecond differ even before their random part."""
+    global _HOST_TAG
+    if _HOST_TAG is None:
+        import zlib
+        _HOST_TAG = _base32(zlib.crc32(os.uname().nodename.encode()) & 0x3FF, 2)
+    return _HOST_TAG
+
+
 def new_id(now):
-    """A generated id: UTC time to the microsecond (so ids sort by creation) plus 40 random
-    bits, unique across hosts and processes without coordination."""
-    stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{stamp}-{os.urandom(5).hex()}"
+    """A generated id of 19 characters, like `0kqw3v8d2f1-m7x9cq4`: the time in
+    microseconds since 1970 as 11 base32 characters (so ids sort by creation time until
+    the year 3058), a dash, 2 characters from the host name and 25 random bits. Unique
+    across hosts and processes without coordination, short enough for an 80-column list."""
+    micros = int(round(now * 1_000_000))
+    random = int.from_bytes(os.urandom(4), "big") & 0x1FFFFFF
+    return f"{_base32(micros, 11)}-{host_tag()}{_base32(random, 5)}"
 
 
 def retry_delay(attempts, backoff_base, backoff_max):
@@ -269,6 +295,42 @@ def check_id(job_id, what="id"):
                          f"'-', starting with a letter or digit, got {job_id!r}")
 
 
+# Unknown keys that are common metadata words, never taken for a misspelled field.
+NOT_TYPOS = ("script", "comment", "comments", "commit")
+# Keys people write for a field that has another name here: refused like a misspelling.
+FIELD_HINTS = {"delay": "'delay' is not a job field: use run_at (an ISO-8601 time) or "
+                        "`enqueue --delay`"}
+
+
+def _distance(a, b):
+    """Edit distance counting a swap of two neighbours as one edit (Damerau)."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def misspelled(key):
+    """The known field an unknown key is most likely a typo of, or None. Unknown keys stay
+    allowed (other tools' metadata); only keys of 4 or more characters within 1 edit of a
+    field (2 from 6 characters, 3 from 8) or listed in FIELD_HINTS are taken for mistakes."""
+    if key in KNOWN_FIELDS or key in IGNORED_FIELDS or key in NOT_TYPOS:
+        return None
+    if key in FIELD_HINTS:
+        return FIELD_HINTS[key]
+    folded = key.lower().replace("-", "_")
+    allowed = 1 if len(key) < 6 else 2 if len(key) < 8 else 3
+    best = min(KNOWN_FIELDS, key=lambda f: _distance(folded, f))
+    if len(key) >= 4 and _distance(folded, best) <= allowed:
+        return f"unknown field {key!r}: did you mean {best!r}?"
+    return None
+
+
 def validate(job, stem=None):
     """Check a job dict in place (normalising times); returns it. `stem` is the file name's
     stem for a job read from the spool: the id must equal it, and fills it when absent."""
@@ -286,6 +348,7 @@ def validate(job, stem=None):
         else:
             if stem is not None and job_id != stem:
                 problems.append(f"id {job_id!r} does not match the file name {stem + JOB_SUFFIX!r}")
+    problems.extend(filter(None, (misspelled(key) for key in job if isinstance(key, str))))
     _check_command(job, problems)
     _check_int(job, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT, problems)
     _check_int(job, "max_retries", 0, MAX_RETRIES_LIMIT, problems)
@@ -311,6 +374,46 @@ def complete(job, defaults, now):
     if job.get("updated_at") is None:
         job["updated_at"] = job["created_at"]
     return job
+
+
+SCRIPT_MARKER = "9<<'QUEUECTL_SCRIPT_"
+
+
+def script_of(command):
+    """The original path of a script frozen into `command` by `enqueue --file`, or None.
+    The command's first line reads `QUEUECTL_SCRIPT=PATH ... INTERPRETER /dev/fd/9
+    9<<'MARK'`; a job frozen before the variable existed gives "script"."""
+    if not isinstance(command, str):
+        return None
+    first = command.split("\n", 1)[0]
+    if SCRIPT_MARKER not in first:
+        return None
+    import shlex
+    try:
+        words = shlex.split(first)
+    except ValueError:
+        return None
+    for word in words:
+        if word.startswith("QUEUECTL_SCRIPT="):
+            return word[len("QUEUECTL_SCRIPT="):]
+    return "script"
+
+
+def frozen_text(command):
+    """(interpreter, script text) of a command made by `enqueue --file`, else None."""
+    if script_of(command) is None:
+        return None
+    first, _, rest = command.partition("\n")
+    marker = first[first.index(SCRIPT_MARKER) + 4:].rstrip("'")
+    body, found, _ = rest.rpartition(f"\n{marker}\n")
+    if not found:
+        body, found, _ = rest.partition(f"{marker}\n")
+        if not found:
+            return None
+    import shlex
+    words = shlex.split(first[:first.index(SCRIPT_MARKER)])
+    interpreter = " ".join(w for w in words[:-1] if not w.startswith("QUEUECTL_SCRIPT"))
+    return interpreter, body + "\n"
 
 
 def due_time(job, now):

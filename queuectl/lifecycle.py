@@ -1,7 +1,8 @@
 """Job lifecycle: the only code that changes a job's state. One function per move; each
 moves the file in the spool first and updates the index after (spool first, index after).
 
-Legal moves (MOVES below): publish (-> pending), claim (pending|failed -> processing),
+Legal moves (MOVES below): publish (-> pending), claim (pending|failed|dead -> processing:
+workers claim from pending and failed, cancel from pending and failed, revive from dead),
 complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive and cancel
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
@@ -156,10 +157,17 @@ def requeue(home, claim, doc, now, reason="worker stopping"):
     return state
 
 
+# What the last attempt wrote: cleared when a job gets a fresh start from the DLQ, so
+# `show` never mixes a pending state with an old error or finish time.
+ATTEMPT_FIELDS = ("exit_code", "last_error", "finished_at", "duration_s")
+
+
 def revive(home, claim, doc, now):
-    """DLQ retry: attempts reset, runs as soon as a worker is free."""
-    doc.update(attempts=0, run_at=None)
-    doc.pop("run_at", None)
+    """DLQ retry: attempts reset and the last attempt's fields cleared; ready from now (its
+    wait is counted from the retry, not from its creation)."""
+    for name in ATTEMPT_FIELDS:
+        doc.pop(name, None)
+    doc.update(attempts=0, run_at=jobmod.iso(now))
     state = _finish(home, claim, doc, "pending", "revive", now)
     log.info("revived %s from the dead letter queue", doc["id"])
     return state
@@ -167,7 +175,7 @@ def revive(home, claim, doc, now):
 
 def run_now(home, claim, doc, now):
     """A failed job waiting for its retry time becomes ready now (attempts kept)."""
-    doc.pop("run_at", None)
+    doc["run_at"] = jobmod.iso(now)
     state = _finish(home, claim, doc, "pending", "retry", now)
     log.info("retry now %s", doc["id"])
     return state

@@ -1,17 +1,19 @@
 """Metrics: one report assembled from the index (counts, outcome counters, per-minute
 buckets, the recent timings window, worker heartbeats) and the spool (pause flag). Pure
-assembly; rendering to text or Prometheus lives in render.py, process checks in pool.py.
+assembly; rendering to text or Prometheus lives in render.py, process checks in runner.py.
 
 Stable JSON keys (documented in docs/operations.md): home, generated_at, paused, jobs,
 rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, failed (every failed
 attempt, including those a recovery counted), dead (jobs that exhausted their retries),
 requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
-run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s."""
+run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s, worker_summary{total, busy,
+idle, other, uptime_s, cpu_percent, rss_mb} (CPU and memory include the jobs' processes)."""
 
 import time
 
 from . import runner
 from .ingest import ingest
+from .queries import worker_summary
 from .spool import JOB_STATES
 
 HEARTBEAT_SECONDS = 2
@@ -88,8 +90,18 @@ def report(home, workers, ingest_first=True):
         "queue_wait_s": wait,
         "run_time_s": run,
         "last_heartbeat_age_s": round(time.time() - max(beats), 3) if beats else None,
+        "worker_summary": dict(worker_summary(workers, time.time()), **_usage(workers)),
         "workers": [_worker(w) for w in workers],
     }
+
+
+def _usage(workers):
+    """CPU percent and memory of every live worker with its jobs' process trees."""
+    live = [w for w in workers if not w.get("stale")]
+    cpu = [w["cpu_percent"] for w in live if w.get("cpu_percent") is not None]
+    rss = [w["rss_bytes"] for w in live if w.get("rss_bytes")]
+    return {"cpu_percent": round(sum(cpu), 1) if cpu else None,
+            "rss_mb": round(sum(rss) / 1048576, 1) if rss else None}
 
 
 def _worker(row):

@@ -5,9 +5,10 @@ the job file itself (the spool is the truth)."""
 import os
 
 from . import job as jobmod
-from .errors import InvalidJob, JobNotFound
+from .errors import AmbiguousId, InvalidJob, JobNotFound
 from .ingest import ingest
-from .spool import JOB_STATES, NotAJobFile
+from .config import foreign_after
+from .spool import JOB_STATES, NotAJobFile, display_name
 
 LIST_STATES = (*JOB_STATES, "rejected")
 
@@ -23,7 +24,12 @@ def list_jobs(home, state=None, limit=None):
     ingest(home)
     if state == "rejected":
         return [_rejected_row(r) for r in home.index.rejected(limit=limit)]
-    return home.index.list(state, limit)
+    rows = home.index.list(state, limit)
+    for row in rows:
+        script = jobmod.script_of(row.get("command"))
+        if script:
+            row["script"] = script
+    return rows
 
 
 def _rejected_row(row):
@@ -32,6 +38,25 @@ def _rejected_row(row):
             "file": name, "last_error": row["reason"], "updated_at": row["rejected_at"],
             "created_at": row["rejected_at"], "command": None, "attempts": 0,
             "max_retries": None, "size": row["size"]}
+
+
+def resolve_ids(home, ids):
+    """Every command that takes ids accepts any unique prefix of one, as git does: an id
+    that names no job but starts exactly one job's id means that job. A prefix of several
+    raises AmbiguousId listing them; one of none is passed on (the command reports it)."""
+    return [_resolve(home, job_id) for job_id in ids]
+
+
+def _resolve(home, job_id):
+    if not jobmod.ID_RE.match(job_id) or home.spool.find(job_id):
+        return job_id
+    matches = home.spool.ids_with_prefix(job_id)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more"
+                                          if len(matches) > 10 else "")
+        raise AmbiguousId(f"id prefix {job_id!r} matches {len(matches)} jobs: {shown}; "
+                          "give more characters")
+    return matches[0] if matches else job_id
 
 
 def status(home, workers=()):
@@ -49,8 +74,22 @@ def status(home, workers=()):
         "paused": home.spool.is_paused(),
         # Why the settings in force are not data/config.json's (None when they are).
         "settings_note": home.settings.note,
+        "foreign": [{"where": f"pending/{display_name(name)}", "age_s": round(age_s, 3)}
+                    for name, age_s in home.spool.foreign("pending",
+                                                          foreign_after(home.settings), now)],
+        "worker_summary": worker_summary(workers, now),
         "workers": list(workers),
     }
+
+
+def worker_summary(workers, now):
+    """{"total", "busy", "idle", "other", "uptime_s"}: how many workers run, in which
+    state, and how long the pool has been up (since its oldest live worker started)."""
+    states = [w.get("state") or "idle" for w in workers]
+    starts = [w["started_at"] for w in workers if w.get("started_at")]
+    return {"total": len(states), "busy": states.count("busy"), "idle": states.count("idle"),
+            "other": len(states) - states.count("busy") - states.count("idle"),
+            "uptime_s": round(now - min(starts), 3) if starts else None}
 
 
 def show(home, job_id):

@@ -4,7 +4,7 @@ every few seconds. See lifecycle.recover for the rules."""
 import logging
 
 from . import job as jobmod
-from . import lifecycle
+from . import lifecycle, runner
 
 log = logging.getLogger("queuectl")
 
@@ -13,6 +13,8 @@ def recover_one(home, job_id, now):
     """lifecycle.recover plus the outcome counters (a recovered attempt is a failed one)."""
     result = lifecycle.recover(home, job_id, now)
     if result in ("failed", "dead"):
+        runner.end_interrupted_log(home.spool.output_path(job_id),
+                                   f"worker died (found by recovery at {jobmod.iso(now)})")
         home.index_safely("metrics", home.index.record_outcome, "failed", now, None, None,
                           ("dead",) if result == "dead" else ())
     return result

@@ -23,18 +23,49 @@ def age(seconds):
     return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
 
 
-def table(headers, rows):
+def terminal_width():
+    """Columns of the terminal ($COLUMNS first, then the tty; 80 when piped)."""
+    import shutil
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def table(headers, rows, width=None, flex=None, ellipsis=True):
+    """Columns padded to their widest cell. With `width`, the column `flex` (an index)
+    is cut so every line fits: its cells end in "..." (or, with ellipsis=False, are simply
+    cut, which keeps an id column a prefix that every command accepts)."""
     rows = [[("-" if c is None else str(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
+    if width is not None and flex is not None:
+        others = sum(w for i, w in enumerate(widths) if i != flex) + 2 * (len(widths) - 1)
+        room = max(len(headers[flex]), 6, width - others)
+        if widths[flex] > room:
+            widths[flex] = room
+            for r in rows:
+                r[flex] = _cut(r[flex], room, ellipsis)
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
-def _one_line(text, width):
+def _cut(text, width, ellipsis=True):
+    if len(text) <= width:
+        return text
+    return text[:width - 3] + "..." if ellipsis else text[:width]
+
+
+def _one_line(text, width=None):
     text = " ".join(str(text or "").split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if width is None else _cut(text, width)
+
+
+def command_label(job):
+    """What a listing shows for a job's command: a script frozen with `enqueue --file` is
+    named by its file (`task.py (frozen copy)`), anything else is the command itself."""
+    script = job.get("script") or jobmod.script_of(job.get("command"))
+    if script:
+        return f"{script.rsplit('/', 1)[-1]} (frozen copy)"
+    return job.get("command")
 
 
 def _when(row, now):
@@ -58,14 +89,15 @@ def _tries(row):
     return f"{row.get('attempts') or 0}/{allowed}"
 
 
-def job_table(rows, now=None):
+def job_table(rows, now=None, width=None):
     now = time.time() if now is None else now
+    width = terminal_width() if width is None else width
     return table(["ID", "STATE", "PRI", "TRIES", "WHEN", "COMMAND / LAST ERROR"], [
         [r["id"], r["state"], r.get("priority"), _tries(r), _when(r, now),
-         _one_line(r.get("command") if r["state"] != "rejected" and not
+         _one_line(command_label(r) if r["state"] != "rejected" and not
                    (r["state"] in ("failed", "dead") and r.get("last_error"))
-                   else r.get("last_error"), 60)]
-        for r in rows])
+                   else r.get("last_error"))]
+        for r in rows], width=width, flex=5)
 
 
 def status_text(report):
@@ -83,20 +115,39 @@ def status_text(report):
     rows = [[state, n, detail.get(state, "")] for state, n in counts.items()]
     rows.append(["rejected", report["rejected"], ""])
     lines.append(table(["STATE", "JOBS", ""], rows))
+    foreign = report.get("foreign") or []
+    if foreign:
+        shown = ", ".join(f["where"] for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        lines.append(f"{len(foreign)} file{'s' if len(foreign) != 1 else ''} in pending/ "
+                     f"will never run (hidden or not *.json): {shown}; see queuectl fsck")
     lines.append("")
-    lines.append(workers_text(report["workers"]))
+    lines.append(workers_text(report["workers"], report["worker_summary"]))
     return "\n".join(lines)
 
 
-def workers_text(workers):
-    if not workers:
+def workers_line(summary):
+    """`workers: 3 (2 busy, 1 idle), up 5.2m` (or none running)."""
+    if not summary["total"]:
         return "workers: none running (start some with: queuectl worker start)"
+    other = f", {summary['other']} other" if summary["other"] else ""
+    return (f"workers: {summary['total']} ({summary['busy']} busy, {summary['idle']} idle"
+            f"{other}), up {age(summary['uptime_s'])}")
+
+
+def workers_text(workers, summary, width=None):
+    """The summary line, then a row per worker (HOST only when they run on several)."""
+    if not workers:
+        return workers_line(summary)
     now = time.time()
-    return "workers:\n" + table(
-        ["WORKER", "HOST", "PID", "UPTIME", "STATE", "JOB", "DONE", "FAILED"],
-        [[w["worker_id"], w["host"], w["pid"], age(now - (w["started_at"] or now)),
-          w.get("state") or "-", w.get("current_job"), w.get("jobs_done"),
-          w.get("jobs_failed")] for w in workers])
+    hosts = len({w["host"] for w in workers}) > 1
+    headers = ["HOST"] * hosts + ["PID", "UPTIME", "STATE", "JOB", "DONE", "FAILED"]
+    rows = [[w["host"]] * hosts + [w["pid"], age(now - (w["started_at"] or now)),
+                                   w.get("state") or "-", w.get("current_job"),
+                                   w.get("jobs_done"), w.get("jobs_failed")]
+            for w in workers]
+    return workers_line(summary) + "\n" + table(
+        headers, rows, width=terminal_width() if width is None else width,
+        flex=headers.index("JOB"), ellipsis=False)
 
 
 def show_text(info):
@@ -109,17 +160,53 @@ def show_text(info):
         lines.append(f"output:   {info['output']}  (queuectl logs {info['id']})")
     if info.get("last_error"):
         lines.append(f"error:    {info['last_error']}")
-    for key, value in (info.get("job") or {}).items():
-        if key not in ("id", "last_error"):
-            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            lines.append(f"{key + ':':<13} {shown}")
+    doc = info.get("job") or {}
+    frozen = jobmod.frozen_text(doc.get("command"))
+    for key, value in doc.items():
+        if key in ("id", "last_error"):
+            continue
+        if key == "command" and frozen:
+            value = command_label(doc)
+        elif key == "duration_s" and isinstance(value, (int, float)):
+            value = f"{value:.3f}"
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        lines.append(f"{key + ':':<13} {shown}")
+    if frozen:
+        lines.append(f"--- frozen copy of {command_label(doc).split(' (')[0]}, run by "
+                     f"{frozen[0]} ---")
+        lines.append(frozen[1].rstrip("\n"))
+        lines.append("--- end of script text ---")
     return "\n".join(lines)
 
 
-def config_text(rows):
+PAUSED_NOTE = "\nthe queue is paused: workers claim nothing until `queuectl resume`"
+
+
+def started_text(started, count, home, paused):
+    pids = started["workers"]
+    which = f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(map(str, pids))}"
+    return (f"started supervisor {started['supervisor_pid']} with {count} worker"
+            f"{'s' if count != 1 else ''} ({which})\nhome: {home}" +
+            (PAUSED_NOTE if paused else ""))
+
+
+def foreground_text(count, home, paused):
+    return (f"running {count} worker{'s' if count != 1 else ''} in the foreground for {home} "
+            "(Ctrl-C stops them gracefully)" + (PAUSED_NOTE if paused else ""))
+
+
+def init_text(paths, existed):
+    first = f"queue {'already exists' if existed else 'created'} at {paths['home']}"
+    return "\n".join([first, f"spool:   {paths['spool']}",
+                      f"pending: {paths['pending']}  (drop job files here)",
+                      f"data:    {paths['data']}", f"index:   {paths['index']}"])
+
+
+def config_text(rows, width=None):
     return table(["KEY", "VALUE", "", "MEANING"],
                  [[k, "none" if v is None else v, "(default)" if d else "(set)", h]
-                  for k, v, d, h in rows])
+                  for k, v, d, h in rows],
+                 width=terminal_width() if width is None else width, flex=3)
 
 
 def outcomes_text(outcomes):
@@ -133,36 +220,51 @@ def _fmt(value, unit=""):
     return f"{value:.3f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
 
-def metrics_text(m):
+def _usage_text(summary):
+    if summary.get("cpu_percent") is None and summary.get("rss_mb") is None:
+        return "-"
+    cpu = "-" if summary["cpu_percent"] is None else f"{summary['cpu_percent']:.1f}%"
+    mem = "-" if summary["rss_mb"] is None else f"{summary['rss_mb']:.1f} MB"
+    return f"CPU {cpu}, memory {mem} (workers and their jobs)"
+
+
+def metrics_text(m, width=None):
     jobs, backlog, totals = m["jobs"], m["backlog"], m["totals"]
     tp, wait, run = m["throughput_per_min"], m["queue_wait_s"], m["run_time_s"]
-    lines = [
-        f"home: {m['home']}" + ("   PAUSED" if m["paused"] else ""),
-        "jobs:        " + "  ".join(f"{k} {v}" for k, v in jobs.items())
-        + f"  rejected {m['rejected']}",
+    summary = m["worker_summary"]
+    lines = [f"home: {m['home']}" + ("   PAUSED" if m["paused"] else "")]
+    if m["workers"]:
+        lines += [f"{workers_line(summary)}, last heartbeat "
+                  f"{age(m['last_heartbeat_age_s'])} ago",
+                  f"usage:       {_usage_text(summary)}"]
+    else:
+        lines.append(workers_line(summary))
+    lines += [
+        f"completed:   {totals['completed']}   failed attempts: {totals['failed']}   "
+        f"DLQ size: {m['dlq_size']}",
+        "jobs:        " + " ".join(f"{k} {v}," for k, v in jobs.items())
+        + f" rejected {m['rejected']}",
         f"backlog:     ready {backlog['ready']}, scheduled {backlog['scheduled']}, "
         f"oldest ready {age(backlog['oldest_ready_age_s'])}",
-        f"totals:      completed {totals['completed']}, failed attempts {totals['failed']}, "
-        f"dead {totals['dead']}, cancelled {totals['cancelled']}, requeued {totals['requeued']}; "
-        f"DLQ size {m['dlq_size']}",
+        f"totals:      dead {totals['dead']}, cancelled {totals['cancelled']}, "
+        f"requeued {totals['requeued']}",
         f"throughput:  {tp['1m']:g} / {tp['5m']:g} / {tp['15m']:g} jobs/min (1m / 5m / 15m)",
         f"queue wait:  p50 {_fmt(wait['p50'], 's')}  p95 {_fmt(wait['p95'], 's')}  "
         f"(last 15 min, {wait['count']} runs)",
         f"run time:    p50 {_fmt(run['p50'], 's')}  p95 {_fmt(run['p95'], 's')}",
-        f"heartbeat:   last {age(m['last_heartbeat_age_s'])} ago" if m["workers"] else
-        "heartbeat:   no workers",
-        "",
     ]
     if m["workers"]:
-        lines.append(table(
-            ["WORKER", "HOST", "PID", "STATE", "UPTIME", "BEAT", "JOB", "DONE", "FAILED",
-             "CPU%", "MEM MB"],
-            [[w["id"], w["host"], w["pid"], w["state"], age(w["uptime_s"]),
-              age(w["heartbeat_age_s"]), w["current_job"], w["jobs_done"], w["jobs_failed"],
-              "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
-              "-" if w["rss_mb"] is None else f"{w['rss_mb']:.1f}"] for w in m["workers"]]))
-    else:
-        lines.append("workers: none running")
+        hosts = len({w["host"] for w in m["workers"]}) > 1
+        headers = ["HOST"] * hosts + ["PID", "STATE", "UPTIME", "BEAT", "JOB", "DONE",
+                                      "FAIL", "CPU%", "MEM MB"]
+        lines += ["", table(headers, [
+            [w["host"]] * hosts + [
+                w["pid"], w["state"], age(w["uptime_s"]), age(w["heartbeat_age_s"]),
+                w["current_job"], w["jobs_done"], w["jobs_failed"],
+                "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+                "-" if w["rss_mb"] is None else f"{w['rss_mb']:.1f}"] for w in m["workers"]],
+            width=terminal_width() if width is None else width, flex=headers.index("JOB"),
+            ellipsis=False)]
     return "\n".join(lines)
 
 
@@ -214,9 +316,10 @@ def prometheus_text(m):
            [(_wlabels(w), w["jobs_done"]) for w in workers])
     metric("queuectl_worker_jobs_failed_total", "counter", "Failed attempts by the worker.",
            [(_wlabels(w), w["jobs_failed"]) for w in workers])
-    metric("queuectl_worker_cpu_percent", "gauge", "Worker CPU use, percent of one core.",
+    metric("queuectl_worker_cpu_percent", "gauge",
+           "CPU use of the worker and its job, percent of one core.",
            [(_wlabels(w), w["cpu_percent"] or 0) for w in workers])
-    metric("queuectl_worker_rss_bytes", "gauge", "Worker resident memory.",
+    metric("queuectl_worker_rss_bytes", "gauge", "Resident memory of the worker and its job.",
            [(_wlabels(w), int((w["rss_mb"] or 0) * 1048576)) for w in workers])
     metric("queuectl_worker_heartbeat_age_seconds", "gauge", "Seconds since the heartbeat.",
            [(_wlabels(w), w["heartbeat_age_s"]) for w in workers])

@@ -175,6 +175,23 @@ class RunningJob:
         return lines[-1][:300] if lines else ""
 
 
+def end_interrupted_log(path, note):
+    """Close an attempt whose worker died mid-run: append `=== end: NOTE` to its output log
+    unless the log already ends with an end line (or there is no log). Best effort."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 4096, max(0, size - 4096)).decode("utf-8", "replace")
+        last = tail.rstrip("\n").rsplit("\n", 1)[-1]
+        if size and not last.startswith("=== end"):
+            _write_quietly(fd, ("" if tail.endswith("\n") else "\n") + f"=== end: {note}\n")
+    finally:
+        os.close(fd)
+
+
 def _write_quietly(fd, text):
     """Log lines are best effort: a full disk must not turn a finished job into a crash."""
     try:
@@ -220,14 +237,36 @@ def job_environment(job_id, attempt, home):
 
 
 def process_stats(proc_cache={}):
-    """(cpu percent since the last call, rss bytes) of this process, via psutil."""
+    """(cpu percent since the last call, rss bytes) of this process and every process
+    below it (the running job's whole tree), via psutil. A process seen for the first time
+    counts from that call on."""
     import psutil
     me = proc_cache.get("me")
     if me is None:
         me = proc_cache["me"] = psutil.Process()
         me.cpu_percent(None)
-    with me.oneshot():
-        return me.cpu_percent(None), me.memory_info().rss
+    cpu, rss = 0.0, 0
+    seen = {}
+    try:
+        children = me.children(recursive=True)
+    except psutil.Error:
+        children = []
+    for proc in [me, *children]:
+        try:
+            known = me if proc is me else proc_cache.get(proc.pid)
+            if known is None or known.create_time() != proc.create_time():
+                known = proc
+                known.cpu_percent(None)   # a new process: this call starts its measurement
+            with known.oneshot():
+                cpu += known.cpu_percent(None)
+                rss += known.memory_info().rss
+        except psutil.Error:
+            continue                      # exited meanwhile
+        seen[proc.pid] = known
+    for pid in [p for p in proc_cache if p != "me" and p not in seen]:
+        del proc_cache[pid]
+    proc_cache.update({pid: p for pid, p in seen.items() if p is not me})
+    return cpu, rss
 
 
 HOSTNAME = os.uname().nodename

@@ -1,4 +1,7 @@
-"""The spool: the only module that knows the directory layout and moves files.
+"""The spool: the only module that knows the directory layout and moves job files between
+state directories. (Other modules touch files that are not jobs: fsck deletes stale tmp/
+files, runner replaces an output log that is not a regular file, index sets a broken
+database aside.)
 
 A job's state is the directory its file sits in. Invariants kept here:
 - No move overwrites (renameat2 NOREPLACE or link+unlink): an existing destination means a
@@ -31,8 +34,8 @@ _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to im
 
 
 class NotAJobFile(Exception):
-    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `settled`
-    is False when the problem may be a writer still at work (e.g. vanished mid-read)."""
+    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `gone`
+    is True when the file vanished (another process moved it: a lost race, not a problem)."""
 
     def __init__(self, reason, gone=False):
         super().__init__(reason)
@@ -260,6 +263,31 @@ class Spool:
             if found:
                 break
         return found
+
+    def foreign(self, state, older_than, now):
+        """[(name, age_s)] of files in a job directory that can never be jobs (hidden, or not
+        ending in .json) and have not changed for `older_than` seconds: a tool staged them
+        and never renamed them, or someone dropped them under the wrong name."""
+        try:
+            names = os.listdir(self.dir(state))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if is_candidate(name):
+                continue
+            st = self.lstat(state, name)
+            if st is not None and now - st.st_mtime >= older_than:
+                found.append((name, now - st.st_mtime))
+        return sorted(found)
+
+    def ids_with_prefix(self, prefix):
+        """Sorted ids of the jobs in any state whose id starts with `prefix`."""
+        found = set()
+        for state in JOB_STATES:
+            found.update(job_id for job_id in (n[:-len(JOB_SUFFIX)] for n in self.names(state))
+                         if job_id.startswith(prefix))
+        return sorted(found)
 
     # ---- reading ------------------------------------------------------------------------
     def _open_checked(self, path, flags):

@@ -3,6 +3,7 @@ script file frozen into the job, plus the command-line overrides. Nothing is wri
 every job in the submission is valid (publish is all-or-nothing on validation)."""
 
 import os
+import shlex
 
 from . import job as jobmod
 from . import lifecycle
@@ -28,6 +29,13 @@ def parse_submission(text):
         except InvalidJob as exc:
             raise InvalidJob(f"line {number}: {exc}") from None
     return docs
+
+
+def parse_stdin(data):
+    """Jobs read from stdin: like parse_submission, but empty input says so."""
+    if not data.strip():
+        raise InvalidJob("no jobs on stdin (give one JSON object or JSON Lines)")
+    return parse_submission(data)
 
 
 def script_job(path):
@@ -60,8 +68,14 @@ def script_job(path):
     # in 8 KiB blocks, bash line by line) instead of the job's stdin. The trailing `exit`
     # makes the shell fork for the interpreter rather than exec it, so an inherited fd 9
     # (such as a worker's locked job fd) stays open in the job's shell.
-    command = f"{interpreter} /dev/fd/9 9<<'{marker}'\n{body}{marker}\nexit $?"
-    return {"command": command, "script": os.path.abspath(path)}
+    # Inside the frozen copy $0 (and Python's __file__) is /dev/fd/9: the original file may
+    # have changed or gone since. QUEUECTL_SCRIPT names the original path and
+    # QUEUECTL_SCRIPT_DIR its directory, for scripts that look for files beside themselves.
+    origin = os.path.abspath(path)
+    command = (f"QUEUECTL_SCRIPT={shlex.quote(origin)} "
+               f"QUEUECTL_SCRIPT_DIR={shlex.quote(os.path.dirname(origin))} "
+               f"{interpreter} /dev/fd/9 9<<'{marker}'\n{body}{marker}\nexit $?")
+    return {"command": command, "script": origin}
 
 
 def apply_overrides(docs, overrides, now):
@@ -74,9 +88,14 @@ def apply_overrides(docs, overrides, now):
     delay = given.pop("delay", None)
     if delay is not None:
         try:
-            given["run_at"] = jobmod.iso(now + jobmod.parse_duration(delay))
+            seconds = jobmod.parse_duration(delay)
         except ValueError as exc:
-            raise InvalidJob(f"--delay: {exc}") from None
+            raise InvalidJob(f"Invalid value for '--delay': {exc}") from None
+        try:
+            given["run_at"] = jobmod.iso(now + seconds)
+        except (ValueError, OverflowError, OSError):
+            raise InvalidJob(f"Invalid value for '--delay': {delay} is out of range (the job "
+                             "would run after the year 9999)") from None
     for doc in docs:
         doc.update(given)
     return docs
@@ -89,6 +108,9 @@ def build(home, docs, overrides, now):
     limit = home.settings.max_job_bytes
     for number, doc in enumerate(docs, 1):
         where = f"job {number}: " if len(docs) > 1 else ""
+        if isinstance(doc, dict) and doc.get("attempts"):
+            raise InvalidJob(f"{where}attempts is counted by the workers: leave it out or give "
+                             f"0 at enqueue, got {doc['attempts']!r}")
         try:
             # A microsecond apart, so a batch keeps its order in created_at and in ids.
             ready = lifecycle.prepare(home, doc, now + (number - 1) * 1e-6)

@@ -94,9 +94,26 @@ class Watch:
             pass
 
 
+class _IntoOurLog(logging.Handler):
+    """watchdog's own log lines, into ours at DEBUG. Left to Python's last-resort handler
+    they reach the terminal: stopping the observer races its emitter thread, which then
+    logs "InotifyEmitter.queue_events() called when the thread is inactive" on Ctrl-C."""
+
+    def emit(self, record):
+        log.debug("watchdog: %s", record.getMessage())
+
+
+def quiet_watchdog():
+    logger = logging.getLogger("watchdog")
+    if not any(isinstance(h, _IntoOurLog) for h in logger.handlers):
+        logger.addHandler(_IntoOurLog())
+        logger.propagate = False
+
+
 def start(directories, wakeup):
     """Watch each directory (non-recursive); returns a Watch, or None if inotify is
     unavailable."""
+    quiet_watchdog()
     try:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers.inotify import InotifyObserver

@@ -54,6 +54,7 @@ class Worker:
         self.next_scan = 0.0
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
+        self._stats = (None, None)     # the last CPU and memory figures (quick beats reuse them)
         # Retention is checked the first time the worker is idle, then every minute: a
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
@@ -267,6 +268,7 @@ class Worker:
         self.current_claim = held
         lifecycle.mark_running(home, doc, self.clock())
         home.spool.ensure_output()
+        self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,
@@ -294,6 +296,7 @@ class Worker:
         outcome, *also = outcome.split("+")
         home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
                           result.duration_s, also)
+        self.heartbeat(quick=True)     # idle again, with the new done/failed counts
 
     def _route(self, held, doc, running, result):
         """Move a finished job to its next state; returns the outcome's name."""
@@ -362,20 +365,26 @@ class Worker:
         return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
-    def heartbeat(self, state=None, busy=False):
-        """Record our state in the index (best effort) and keep the metrics textfile fresh.
-        While a job runs (`busy`, from _wait) the textfile is built from the index as it
-        stands: an ingest (a spool rescan, index writes that may wait on a lock) must never
-        delay the job's timeout or stop handling."""
-        self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
-        try:
-            self.home.index.reopen_if_replaced()
-        except Exception as exc:
-            log.warning("%s: index unavailable (%s)", self.label, exc)
-        try:
-            cpu, rss = runner.process_stats()
-        except Exception:
-            cpu, rss = None, None
+    def heartbeat(self, state=None, busy=False, quick=False):
+        """Write this worker's row (best effort) and keep the metrics textfile fresh. On the
+        timer: with fresh CPU and memory figures, then the textfile; while a job runs
+        (`busy`, from _wait) the textfile is built from the index as it stands, since an
+        ingest must never delay the job's timeout or stop handling. quick=True (at every job
+        start and finish, so status shows the state at once) reuses the last figures, skips
+        the textfile and leaves the timer alone: one index write, not a scan of /proc."""
+        if quick:
+            cpu, rss = self._stats
+        else:
+            self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+            try:
+                self.home.index.reopen_if_replaced()
+            except Exception as exc:
+                log.warning("%s: index unavailable (%s)", self.label, exc)
+            try:
+                cpu, rss = runner.process_stats()
+            except Exception:
+                cpu, rss = None, None
+            self._stats = (cpu, rss)
         record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
                   "started_at": self.started_at, "heartbeat_at": time.time(),
                   "current_job": self.current, "jobs_done": self.jobs_done,
@@ -384,7 +393,7 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
-        if self.home.settings.metrics_textfile:
+        if not quick and self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
 
     def write_textfile(self, path, ingest=True):

@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# `make demo`: the queue at work in a throw-away home, end to end.
+# `make demo`: the queue at work in a throw-away home, end to end. Every command is printed
+# as it can be pasted into a shell (quotes kept); bold only on a terminal.
 set -euo pipefail
 home=$(mktemp -d -t queuectl-demo.XXXXXX)
 export QUEUECTL_HOME="$home"
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-run() { say "$*"; "$@"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+say() { printf '\n%s$ %s%s\n' "$bold" "$1" "$plain"; }
+quoted() {    # the words as a shell would need them typed: single quotes where needed
+    local out="" word q="'"
+    for word in "$@"; do
+        if [[ $word =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then out+="${out:+ }$word"
+        else out+="${out:+ }'${word//$q/$q\\$q$q}'"; fi
+    done
+    printf '%s' "$out"
+}
+run() { say "$(quoted "$@")"; "$@"; }
 cleanup() { queuectl worker stop --timeout 5 >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 echo "demo home: $home"
+echo "to paste the commands below: export QUEUECTL_HOME=$home"
 run queuectl config set backoff_base 1.5      # short retry delays for the demo
 run queuectl enqueue '{"id": "hello", "command": "echo hello from queuectl"}'
 run queuectl enqueue '{"id": "urgent", "command": "echo urgent first", "priority": 10}'
 run queuectl enqueue '{"id": "flaky", "command": "echo trying; exit 3", "max_retries": 2}'
 run queuectl enqueue --delay 2s '{"id": "later", "command": "echo two seconds later"}'
-say "echo '{\"command\": \"echo dropped in as a file\"}' > spool/tmp/d && mv spool/tmp/d spool/pending/dropped.json"
+say "cd \"\$QUEUECTL_HOME\" && echo '{\"command\": \"echo dropped in as a file\"}' > spool/tmp/d"
+say "mv spool/tmp/d spool/pending/dropped.json && cd - >/dev/null"
 echo '{"command": "echo dropped in as a file"}' > "$home/spool/tmp/d"
 mv "$home/spool/tmp/d" "$home/spool/pending/dropped.json"
 run queuectl list

@@ -121,11 +121,17 @@ def test_fail_schedules_retries_two_then_four_seconds_after_now_then_buries(qhom
     assert qhome.index.get(job_id)["state"] == "dead"
 
 
+def _publish_tried(qhome, doc):
+    """A pending job that has had attempts already (enqueue refuses `attempts`)."""
+    lifecycle.publish(qhome, [jobmod.complete(jobmod.validate(doc), {"max_retries": 3}, T0)],
+                      T0)
+
+
 def test_fail_caps_the_delay_at_backoff_max(qhome, spool):
     set_value(qhome, "backoff_max", "5")
     set_value(qhome, "backoff_base", "3")
-    enqueue(qhome, [{"id": "capped", "command": "false", "max_retries": 10,
-                     "attempts": 1}], {})
+    _publish_tried(qhome, {"id": "capped", "command": "false", "max_retries": 10,
+                           "attempts": 1})
     held, doc = _claim(qhome, "pending", "capped", T0)
     lifecycle.fail(qhome, held, doc, "boom", 1, 0.1, T0)     # attempts 2: 3**2 = 9 > 5
     assert read(spool, "failed", "capped")["run_at"] == jobmod.iso(T0 + 5)
@@ -199,7 +205,7 @@ def test_worker_on_a_fake_clock_does_not_run_a_scheduled_job_early(qhome, spool,
 
 
 def test_recovery_on_a_fake_clock_counts_the_attempt_and_backs_off(qhome, spool, clock):
-    enqueue(qhome, [{"id": "orphan", "command": "true", "attempts": 1}], {})
+    _publish_tried(qhome, {"id": "orphan", "command": "true", "attempts": 1})
     held = lifecycle.claim(qhome, "pending", "orphan")
     qhome.spool.release(held, unlink=False)          # its worker died: processing/, unlocked
     clock.advance(50)

@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from queuectl import job as jobmod
 
-ID_PATTERN = r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{10}"
+ID_PATTERN = r"[0-9a-hjkmnp-tv-z]{11}-[0-9a-hjkmnp-tv-z]{7}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
 VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
               "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
@@ -188,7 +189,7 @@ def test_enqueue_delay_schedules_from_now(cli, spool):
     (['{"command": "x"}', "--run-at", "tomorrow"],
      "Error: run_at must be an ISO-8601 time like 2026-01-31T12:00:00Z, got 'tomorrow'\n"),
     (['{"command": "x"}', "--delay", "soon"],
-     "Error: --delay: duration must look like 30s, 5m, 2h or 7d, got 'soon'\n"),
+     "Error: Invalid value for '--delay': duration must look like 30s, 5m, 2h or 7d, got 'soon'\n"),
     (['{"command": "x", "timeout": -1}'],
      "Error: timeout must be a number of seconds > 0 or null, got -1\n"),
 ])
@@ -202,7 +203,8 @@ def test_enqueue_one_bad_line_in_a_batch_writes_nothing(cli, spool):
            "Error: job 2: command must be a string, got a number\n")
     failed(cli("enqueue", "-", input='{"command": "a"}\nnot json\n'),
            "Error: line 2: invalid JSON: Expecting value at line 1 column 1\n")
-    failed(cli("enqueue", "-", input=""), "Error: empty file: expected a JSON object\n")
+    failed(cli("enqueue", "-", input=""),
+           "Error: no jobs on stdin (give one JSON object or JSON Lines)\n")
     failed(cli("enqueue", "-", "--id", "x", input='{"command": "a"}\n{"command": "b"}\n'),
            "Error: --id can only be used with a single job\n")
     assert spool_contents(spool) == {}
@@ -228,6 +230,13 @@ def test_enqueue_duplicate_of_a_job_in_another_state(cli, spool, drop):
 @pytest.mark.parametrize("args, message", [
     ([], "give a job as JSON, '-' for stdin, or --file SCRIPT"),
     (['{"command": "x"}', "--file", "x.sh"], "give either JSON or --file, not both"),
+])
+def test_enqueue_usage_errors_exit_2(cli, spool, args, message):
+    usage_error(cli("enqueue", *args), message)
+    assert spool_contents(spool) == {}
+
+
+@pytest.mark.parametrize("args, message", [
     (['{"command": "x"}', "--priority", "high"],
      "Invalid value for '--priority': 'high' is not a valid integer."),
     (['{"command": "x"}', "--max-retries", "-1"],
@@ -235,8 +244,8 @@ def test_enqueue_duplicate_of_a_job_in_another_state(cli, spool, drop):
     (['{"command": "x"}', "--timeout", "0"],
      "Invalid value for '--timeout': 0.0 is not in the range x>0."),
 ])
-def test_enqueue_usage_errors_exit_2(cli, spool, args, message):
-    usage_error(cli("enqueue", *args), message)
+def test_enqueue_invalid_values_exit_1(cli, spool, args, message):
+    failed(cli("enqueue", *args), f"Error: {message}\n")
     assert spool_contents(spool) == {}
 
 
@@ -247,6 +256,7 @@ LIST_FIELDS = {"id", "command", "state", "attempts", "max_retries", "created_at"
 
 
 def test_list_empty(cli, home):
+    ok(cli("init"))
     ok(cli("list"), f"no jobs in {home}\n")
     ok(cli("list", "--state", "dead"), f"no dead jobs in {home}\n")
     ok(cli("list", "--json"), "[]\n")
@@ -297,17 +307,19 @@ def test_list_other_states_newest_first(cli, drop):
 
 
 def test_list_usage_errors(cli):
+    ok(cli("init"))
     result = cli("list", "--state", "running")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "Invalid value for '--state': 'running' is not one of 'pending', 'processing', " \
            "'failed', 'completed', 'dead', 'rejected'." in result.stderr
     result = cli("list", "--limit", "0")
-    assert result.exit_code == 2 and "Invalid value for '--limit'" in result.stderr
+    assert result.exit_code == 1 and "Invalid value for '--limit'" in result.stderr
 
 
 # ---- status -------------------------------------------------------------------------------
 
 def test_status_on_an_empty_home(cli, home):
+    ok(cli("init"))
     out = ok(cli("status")).stdout.splitlines()
     assert out[0] == f"home: {home}"
     assert out[1].split() == ["STATE", "JOBS"]
@@ -367,6 +379,7 @@ def test_show_a_dead_job_gives_its_last_error(cli, drop, spool):
 
 @pytest.mark.parametrize("job_id", ["x", "../x", "no such job"])
 def test_show_unknown_id(cli, spool, job_id):
+    ok(cli("init"))
     failed(cli("show", job_id), f"Error: no job with id {job_id!r} in {spool}\n")
     failed(cli("show", job_id, "--json"), f"Error: no job with id {job_id!r} in {spool}\n")
 
@@ -374,6 +387,7 @@ def test_show_unknown_id(cli, spool, job_id):
 # ---- dlq ----------------------------------------------------------------------------------
 
 def test_dlq_list_empty(cli, home):
+    ok(cli("init"))
     ok(cli("dlq", "list"), f"the dead letter queue of {home} is empty\n")
     ok(cli("dlq", "list", "--json"), "[]\n")
 
@@ -397,7 +411,8 @@ def test_dlq_retry_resets_attempts_and_moves_to_pending(cli, drop, spool, home):
     ok(cli("dlq", "retry", "d1"), "d1: moved to pending (attempts reset)\n")
     assert spool_contents(spool) == {"pending": ["d1.json"]}
     job = read_job(spool, "d1")
-    assert job["attempts"] == 0 and "run_at" not in job
+    # Ready since the retry: run_at is the moment of the retry, not a time ahead.
+    assert job["attempts"] == 0 and job["run_at"] <= jobmod.iso(time.time())
     assert job["owner"] == "kept" and job["command"] == "echo d1"
     rows = json.loads(ok(cli("list", "--json")).stdout)
     assert [(r["id"], r["state"], r["attempts"]) for r in rows] == [("d1", "pending", 0)]
@@ -473,6 +488,7 @@ def test_dlq_retry_usage(cli):
 # ---- config -------------------------------------------------------------------------------
 
 def test_config_show_every_key_as_default(cli):
+    ok(cli("init"))
     lines = ok(cli("config", "show")).stdout.splitlines()
     assert lines[0].split() == ["KEY", "VALUE", "MEANING"]
     keys = [line.split()[0] for line in lines[1:]]
@@ -523,6 +539,7 @@ def test_config_set_negative_value_is_refused_as_a_value_not_as_an_option(cli):
 
 
 def test_config_unset_unknown_key(cli):
+    ok(cli("init"))
     failed(cli("config", "unset", "retries"),
            f"Error: unknown config key 'retries'; valid keys: {VALID_KEYS}\n")
 
@@ -535,6 +552,7 @@ def test_config_usage(cli):
 # ---- reindex ------------------------------------------------------------------------------
 
 def test_reindex_empty_home(cli, spool):
+    ok(cli("init"))
     ok(cli("reindex"), f"reindexed 0 jobs from {spool}\n")
 
 
@@ -569,7 +587,8 @@ def test_delete_data_and_reindex_gives_the_same_lists(cli, home, drop, spool):
 
 def test_reindex_and_enqueue_fail_when_the_spool_is_not_a_directory(cli, spool):
     spool.write_text("not a directory")
-    failed(cli("reindex"), f"Error: File exists: {spool}\n")
+    failed(cli("reindex"), f"Error: no queue at {spool.parent} (run `queuectl init` or "
+                           "enqueue a job to create one)\n")
     failed(cli("enqueue", '{"command": "x"}'), f"Error: File exists: {spool}\n")
     assert spool.read_text() == "not a directory"
 
@@ -616,6 +635,7 @@ def test_home_option_wins_over_the_environment_which_wins_over_cwd(run_queuectl,
 
 
 def test_python_dash_m_and_version(home):
+    (home / "spool" / "pending").mkdir(parents=True)
     ran = subprocess.run([sys.executable, "-m", "queuectl", "--home", str(home),
                           "status", "--json"], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0 and json.loads(ran.stdout)["home"] == str(home)
@@ -632,7 +652,8 @@ def test_wait_until_sees_a_background_enqueue(spawn_queuectl, cli, wait_until):
     proc.stdin.close()
 
     def listed():
-        return [r["id"] for r in json.loads(cli("list", "--json").stdout)] == ["bg"]
+        result = cli("list", "--json")
+        return result.exit_code == 0 and [r["id"] for r in json.loads(result.stdout)] == ["bg"]
     assert wait_until(listed, timeout=30, message="job bg in `list --json`")
     with proc.stdout, proc.stderr:
         assert (proc.stdout.read(), proc.stderr.read()) == (b"bg\n", b"")

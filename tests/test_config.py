@@ -50,7 +50,7 @@ def test_valid_values_are_typed(key, text, value):
 @pytest.mark.parametrize("key, text, message", [
     ("max_retries", "2.5", "max_retries must be an integer, got '2.5'"),
     ("max_retries", "-1", "max_retries must be at least 0, got -1"),
-    ("max_retries", "three", "max_retries must be a number, got 'three'"),
+    ("max_retries", "three", "max_retries must be an integer, got 'three'"),
     ("backoff_base", "0", "backoff_base must be at least 1, got 0"),
     ("backoff_base", "0.5", "backoff_base must be at least 1, got 0.5"),
     ("backoff_max", "-1", "backoff_max must be at least 0, got -1"),

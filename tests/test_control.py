@@ -128,7 +128,7 @@ def test_cancel_running_job_needs_running_and_kills_its_group(pool, wait_until, 
 
     killed = pool.run("cancel", "--running", "long", timeout=60)
     assert (killed.exit_code, killed.stderr) == (0, "")
-    assert killed.stdout == "long: killed and cancelled (now in dead state)\n"
+    assert killed.stdout == "long: cancelled (was running, killed; now in dead/)\n"
     assert pgid_members(pgid) == []            # no process of the job survives
     assert states_of(spool, "long") == ["dead"]
     assert read_job(spool, "long", "dead")["last_error"] == "cancelled"
@@ -366,12 +366,13 @@ def test_purge_rejected_ages_files_by_their_rejection_not_their_drop(cli, drop, 
 
 
 def test_purge_usage_errors_exit_2(cli):
+    assert cli("init").exit_code == 0
     bad = cli("purge", "--state", "completed", "--older-than", "soon")
-    assert bad.exit_code == 2
-    assert bad.stderr.splitlines()[-1] == ("Error: Invalid value for --older-than: duration "
+    assert bad.exit_code == 1
+    assert bad.stderr.splitlines()[-1] == ("Error: Invalid value for '--older-than': duration "
                                            "must look like 30s, 5m, 2h or 7d, got 'soon'")
     state = cli("purge", "--state", "pending", "--older-than", "1h")
-    assert state.exit_code == 2
+    assert state.exit_code == 1
     assert state.stderr.splitlines()[-1] == ("Error: Invalid value for '--state': 'pending' is "
                                              "not one of 'completed', 'dead', 'rejected'.")
     missing = cli("purge", "--state", "dead")

@@ -70,8 +70,12 @@ def test_a_clean_spool_passes(cli, queue):
     assert fsck(cli, "--repair") == (0, [])
 
 
-def test_a_spool_that_does_not_exist_yet_passes(cli, home):
-    assert fsck(cli) == (0, [])
+def test_a_spool_that_does_not_exist_yet_is_no_queue(cli, home):
+    result = cli("fsck")
+    assert (result.exit_code, result.stderr) == (1, f"Error: no queue at {home} (run "
+                                                    "`queuectl init` or enqueue a job to "
+                                                    "create one)\n")
+    assert not (home / "spool").exists() and not (home / "data").exists()
 
 
 # ---- one problem of each kind --------------------------------------------------------------------
@@ -165,7 +169,7 @@ PROBLEMS = {
     "orphan": (make_orphan, {("orphan", "processing/j2.json")}, check_orphan),
     "two-states": (make_two_states, {("two-states", "j3.json")}, check_two_states),
     "stale-tmp": (make_stale_tmp, {("stale-tmp", "tmp/host.123.abcdef")}, check_stale_tmp),
-    "not-a-job": (make_not_a_job, {("not-a-job", "failed/notes.txt")}, check_not_a_job),
+    "not-a-job": (make_not_a_job, {("foreign-file", "failed/notes.txt")}, check_not_a_job),
     "unparseable": (make_unparseable, {("not-a-job", "completed/broken.json")},
                     check_unparseable),
     "row-without-file": (make_row_without_file,

@@ -4,6 +4,7 @@ process is gone, Prometheus output parsed by prometheus_client's parser, and the
 `metrics_textfile` that workers replace atomically."""
 
 import os
+import re
 import select
 import signal
 import time
@@ -86,21 +87,26 @@ def test_metrics_text_shows_every_line(pool, wait_until):
     assert result.exit_code == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0] == f"home: {pool.home}"
-    assert lines[1] == (f"jobs:        pending 0  processing 0  failed 0  completed {OK_JOBS}  "
-                        f"dead {BAD_JOBS}  rejected 0")
-    assert lines[2] == "backlog:     ready 0, scheduled 0, oldest ready -"
-    assert lines[3] == (f"totals:      completed {OK_JOBS}, failed attempts {2 * BAD_JOBS}, "
-                        f"dead {BAD_JOBS}, cancelled 0, requeued 0; DLQ size {BAD_JOBS}")
-    assert lines[4] == (f"throughput:  {OK_JOBS} / {OK_JOBS / 5:g} / {round(OK_JOBS / 15, 3):g}"
+    assert re.fullmatch(r"workers: 2 \([012] busy, [012] idle\), up \S+, last heartbeat \S+ ago",
+                        lines[1]), lines[1]
+    assert re.fullmatch(r"usage:       CPU \d+\.\d%, memory \d+\.\d MB \(workers and their "
+                        r"jobs\)", lines[2]), lines[2]
+    assert lines[3] == (f"completed:   {OK_JOBS}   failed attempts: {2 * BAD_JOBS}   "
+                        f"DLQ size: {BAD_JOBS}")
+    assert lines[4] == (f"jobs:        pending 0, processing 0, failed 0, completed {OK_JOBS}, "
+                        f"dead {BAD_JOBS}, rejected 0")
+    assert lines[5] == "backlog:     ready 0, scheduled 0, oldest ready -"
+    assert lines[6] == f"totals:      dead {BAD_JOBS}, cancelled 0, requeued 0"
+    assert lines[7] == (f"throughput:  {OK_JOBS} / {OK_JOBS / 5:g} / {round(OK_JOBS / 15, 3):g}"
                         " jobs/min (1m / 5m / 15m)")
-    assert lines[5].startswith("queue wait:  p50 ") and \
-        lines[5].endswith(f"(last 15 min, {OK_JOBS + 2 * BAD_JOBS} runs)")
-    assert lines[6].startswith("run time:    p50 ") and " p95 " in lines[6] and "-" not in lines[6]
-    assert lines[7].startswith("heartbeat:   last ") and lines[7].endswith(" ago")
-    assert lines[8] == ""
-    assert lines[9].split() == ["WORKER", "HOST", "PID", "STATE", "UPTIME", "BEAT", "JOB",
-                                "DONE", "FAILED", "CPU%", "MEM", "MB"]
-    assert sorted(int(line.split()[2]) for line in lines[10:]) == pids
+    assert lines[8].startswith("queue wait:  p50 ") and \
+        lines[8].endswith(f"(last 15 min, {OK_JOBS + 2 * BAD_JOBS} runs)")
+    assert lines[9].startswith("run time:    p50 ") and " p95 " in lines[9] and "-" not in lines[9]
+    assert lines[10] == ""
+    assert lines[11].split() == ["PID", "STATE", "UPTIME", "BEAT", "JOB", "DONE", "FAIL",
+                                 "CPU%", "MEM", "MB"]
+    assert sorted(int(line.split()[0]) for line in lines[12:]) == pids
+    assert max(len(line) for line in lines[1:]) <= 80
 
 
 def test_metrics_backlog_without_workers(cli, home):
@@ -120,8 +126,9 @@ def test_metrics_backlog_without_workers(cli, home):
     assert m["run_time_s"] == m["queue_wait_s"] == {"p50": None, "p95": None, "count": 0,
                                                     "sum": 0}
     text = cli("metrics").stdout.splitlines()
-    assert text[2].startswith("backlog:     ready 3, scheduled 2, oldest ready ")
-    assert text[7:] == ["heartbeat:   no workers", "", "workers: none running"]
+    assert text[1] == "workers: none running (start some with: queuectl worker start)"
+    assert text[4].startswith("backlog:     ready 3, scheduled 2, oldest ready ")
+    assert len(text) == 9
 
 
 def test_metrics_json_and_prometheus_together_is_a_usage_error(cli):
@@ -147,15 +154,16 @@ def _read_some(fd, out, until, timeout=10):
 
 
 def test_metrics_watch_refreshes_in_place_until_ctrl_c(cli, home):
+    assert cli("init").exit_code == 0
     # On a terminal (a pty here) each frame clears the screen and redraws from the top.
     proc, master = spawn_on_pty(home, "metrics", "--watch", "0.2")
     try:
         out = bytearray()
         assert _read_some(master, out, lambda o: o.count(CLEAR) >= 2), bytes(out)
-        assert b"jobs:        pending 0 " in out
+        assert b"jobs:        pending 0, " in out
         # The view is live: a job enqueued now shows up in a later frame.
         assert cli("enqueue", '{"id": "seen", "command": "true"}').exit_code == 0
-        assert _read_some(master, out, lambda o: b"jobs:        pending 1 " in o), bytes(out)
+        assert _read_some(master, out, lambda o: b"jobs:        pending 1, " in o), bytes(out)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=10)
         _read_some(master, out, lambda o: False, timeout=0.5)
@@ -175,7 +183,8 @@ def test_metrics_watch_refreshes_in_place_until_ctrl_c(cli, home):
         assert frame.endswith(b"\n\n(every 0.2s; Ctrl-C to stop)\n"), frame
 
 
-def test_metrics_watch_on_a_pipe_prints_plain_frames(spawn_queuectl, home):
+def test_metrics_watch_on_a_pipe_prints_plain_frames(spawn_queuectl, home, cli):
+    assert cli("init").exit_code == 0
     proc = spawn_queuectl("metrics", "--watch", "0.2")
     try:
         out = bytearray()
@@ -214,7 +223,7 @@ def test_stopped_worker_is_stale_then_gone_with_its_process(pool, frozen, wait_u
     assert worker_entry(status["workers"], victim)["state"] == "stale"
     assert worker_entry(status["workers"], other)["stale"] is False
     text = pool.cli("status").stdout
-    row = next(line.split() for line in text.splitlines() if f" {victim} " in line)
+    row = next(line.split() for line in text.splitlines() if line.split()[:1] == [str(victim)])
     assert "stale" in row
     up = families(pool.cli("metrics", "--prometheus").stdout)["queuectl_worker_up"]
     assert {s.labels["pid"]: s.value for s in up.samples} == {str(victim): 0, str(other): 1}

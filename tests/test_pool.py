@@ -42,8 +42,8 @@ def write_record(home, pid, started_at, workers=(), worker_started_at=None):
 
 def started(ran):
     """(supervisor pid, [worker pids]) from `worker start`'s report."""
-    match = re.fullmatch(r"started supervisor (\d+) with (\d+) workers? \(pids ([\d, ]+)\) "
-                         r"for (\S+)\n", ran.stdout)
+    match = re.fullmatch(r"started supervisor (\d+) with (\d+) workers? \(pids? ([\d, ]+)\)"
+                         r"\nhome: (\S+)\n", ran.stdout)
     assert match, ran.stdout
     pids = [int(p) for p in match.group(3).split(", ")]
     assert int(match.group(2)) == len(pids)

@@ -191,6 +191,7 @@ class Pool:
 def pool(home, cli, run_queuectl):
     """Real workers for this test's home; stopped (and any leftover killed) afterwards."""
     workers = Pool(home, cli, run_queuectl)
+    assert cli("init").exit_code == 0        # reading commands need a queue to exist
     yield workers
     workers.shutdown()
 
