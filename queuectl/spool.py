@@ -104,8 +104,7 @@ class Spool:
         path = os.path.join(self.root, PAUSE_FILE)
         if paused:
             self.ensure_layout()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            os.close(fd)
+            os.close(fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         else:
             _unlink_quietly(path)
 
@@ -115,9 +114,8 @@ class Spool:
     def request_cancel(self, job_id):
         """Ask whichever worker runs job_id to kill it and bury it as cancelled. A dot-file
         in processing/, never taken for a job."""
-        fd = os.open(self._cancel_marker(job_id),
-                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        os.close(fsops.open_(self._cancel_marker(job_id),
+                             os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
 
     def cancel_requested(self, job_id):
         return os.path.lexists(self._cancel_marker(job_id))
@@ -290,7 +288,7 @@ class Spool:
         except BaseException:
             for job_id in linked:
                 try:
-                    os.unlink(self.path(state, job_id))
+                    fsops.unlink(self.path(state, job_id))
                 except FileNotFoundError:
                     logging.getLogger("queuectl").warning(
                         "publishing failed, but a worker had already taken %s: it runs", job_id)
