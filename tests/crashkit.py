@@ -246,6 +246,8 @@ def _recorder(spool_root, out):
 
     def hook(op, path, info):
         event = {"op": op, "path": rel(path)}
+        if op == "failed":             # the operation just recorded did not happen
+            event.update(of=info["of"], errno=info["errno"])
         if "src" in info:
             event["src"] = rel(info["src"])
         if "flags" in info:
@@ -263,6 +265,27 @@ def _worker_once(home, stop_signals=False):
     if stop_signals:
         worker.install_signals()
     return worker.run_once()
+
+
+def _ack_rejections(home):
+    """ACK every file in rejected/ as `ACK <name> rejected`: once the call that rejected it
+    returned, it must stay there with the reason it got (reason() reads it back)."""
+    for name in sorted(home.spool.rejected_names()):
+        _ack(name, "rejected")
+
+
+def rejection_reasons(home_dir):
+    """{name: reason text} of every rejected/ file of a home, as the check compares them."""
+    rejected = os.path.join(home_dir, "spool", "rejected")
+    reasons = {}
+    for name in os.listdir(rejected):
+        if not name.endswith(".reason"):
+            try:
+                with open(os.path.join(rejected, name + ".reason"), "rb") as f:
+                    reasons[name] = f.read()
+            except FileNotFoundError:
+                reasons[name] = None
+    return reasons
 
 
 def _where(home, job_id):
@@ -305,8 +328,10 @@ def drive(home_dir, name):
         from queuectl.ingest import ingest
         ingest(home)
         _ack("drop1", "pending")
+        _ack_rejections(home)
     elif name in ("worker-reject", "worker-duplicate"):
         assert _worker_once(home) == (name == "worker-duplicate")
+        _ack_rejections(home)
     elif name in ("claim", "unclaim"):
         from queuectl import lifecycle
         held = lifecycle.claim(home, "pending", "j1")
@@ -325,6 +350,7 @@ def drive(home_dir, name):
         assert done, "nothing recovered"
         if name != "recover-unreadable":
             _ack("j1", _where(home, "j1"))
+        _ack_rejections(home)
     elif name in ("dlq-retry", "cancel", "retry-now"):
         from queuectl import control
         action = {"dlq-retry": lambda: control.dlq_retry(home, ["j1"]),
@@ -376,13 +402,17 @@ def parse_job(data, stem):
         return None
 
 
-def check_spool(home_dir, transition, acked, known_before=(), index=True):
+def check_spool(home_dir, transition, acked, known_before=(), index=True, reasons=None):
     """Every way the recovered spool at home_dir breaks the invariants, as strings.
-    `acked`: {id: state} the driver promised; `known_before`: ids that existed before the
+    `acked`: {id: state} the driver promised, and {name: "rejected"} for each rejection it
+    acknowledged (that file must be in rejected/ under that name with the reason
+    `reasons[name]` the uncrashed run gave it); `known_before`: ids that existed before the
     transition (they must survive whatever happened)."""
     from queuectl.home import Home
     t = transition
     problems = []
+    rejections = {n for n, s in acked.items() if s == "rejected"}
+    acked = {i: s for i, s in acked.items() if s != "rejected"}
     spool_dir = os.path.join(home_dir, "spool")
     files = scan(spool_dir)
     where = {}
@@ -430,6 +460,13 @@ def check_spool(home_dir, transition, acked, known_before=(), index=True):
                   if (n == name or n.startswith(name + ".")) and d == data]
         if len(copies) != 1:
             problems.append(f"bad drop {name}: {len(copies)} intact copies in rejected/")
+    for name in sorted(rejections):
+        if name not in files["rejected"]:
+            problems.append(f"acknowledged rejection {name} not in rejected/")
+        elif reasons is not None and rejection_reasons(home_dir).get(name) != reasons.get(name):
+            problems.append(f"acknowledged rejection {name} has reason "
+                            f"{rejection_reasons(home_dir).get(name)!r}, acknowledged with "
+                            f"{reasons.get(name)!r}")
     if index:
         home = Home(home_dir)
         try:
