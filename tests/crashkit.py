@@ -25,7 +25,8 @@ SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output")
 BAD_DROP = b'{"command": "echo half'          # a drop-in cut off mid-write
 DUPLICATE_DROP = b'{"command": "echo again"}\n'  # a drop-in reusing a finished job's id
 FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
-               "QUEUECTL_FAULT_LOG", "CRASHKIT_RECORD")
+               "QUEUECTL_FAULT_LOG", "CRASHKIT_RECORD", "QUEUECTL_NO_RENAMEAT2",
+               "QUEUECTL_TEST_PLANT")
 
 
 def scratch_root(fallback):
@@ -185,6 +186,8 @@ TRANSITIONS = {t.name: t for t in (
                bad={"j1.json": DUPLICATE_DROP}),
     Transition("claim", setup_pending(), {"j1": {"pending", "failed"}}),
     Transition("unclaim", setup_pending(), {"j1": {"pending", "failed"}}),
+    Transition("recover-during-run", setup_pending(),
+               {"j1": {"pending", "failed", "completed"}}, attempts={"j1": 1}),
     Transition("complete", setup_pending("true"), {"j1": {"pending", "failed", "completed"}},
                attempts={"j1": 1}),
     Transition("fail-retry", setup_pending("false", max_retries=2),
@@ -293,9 +296,20 @@ def _where(home, job_id):
     return states[0] if len(states) == 1 else "+".join(states) or "nowhere"
 
 
+def _apply_plant():
+    """A bug planted on purpose (QUEUECTL_TEST_PLANT, see plants/plantkit.py), to show
+    that the checks catch it."""
+    plant = os.environ.get("QUEUECTL_TEST_PLANT")
+    if plant:
+        sys.path.insert(0, os.path.join(HERE, "plants"))
+        import plantkit
+        plantkit.apply(plant)
+
+
 def drive(home_dir, name):
     global _RECORD
     from queuectl.home import Home
+    _apply_plant()
     home = Home(home_dir)
     record = os.environ.get("CRASHKIT_RECORD")
     if record:
@@ -341,6 +355,18 @@ def drive(home_dir, name):
             lifecycle.mark_running(home, doc)
             os._exit(0)                # exits holding the claim: an orphan for recovery
         lifecycle.unclaim(home, held)   # promises nothing: a lost unclaim leaves an orphan
+    elif name == "recover-during-run":
+        # Another worker's recovery runs while j1 is claimed: it must leave j1 alone (its
+        # flock is held), and j1 then completes once.
+        from queuectl import lifecycle
+        from queuectl.recovery import recover_all
+        from queuectl.runner import Result
+        held = lifecycle.claim(home, "pending", "j1")
+        doc = lifecycle.parse_claimed(home, held, now)
+        lifecycle.mark_running(home, doc)
+        recover_all(home)
+        lifecycle.complete(home, held, doc, Result(exit_code=0, duration_s=0.0), now)
+        _ack("j1", _where(home, "j1"))
     elif name in ("complete", "fail-retry", "fail-dead", "requeue"):
         assert _worker_once(home, stop_signals=(name == "requeue"))
         _ack("j1", _where(home, "j1"))
