@@ -223,6 +223,8 @@ def check_trace(name, homes, ops, acks, work, strict=False):
 
 
 def traced(scratch, name, driver, **env):
+    scratch = pathlib.Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
     """(template home, recording home), ops, acks and a scratch directory; asserts that
     replaying the trace reproduces the recording run exactly (no operation skipped)."""
     template = crashkit.make_template(str(scratch / "template"), name)
@@ -291,3 +293,149 @@ def test_power_loss_states_strict_link_fallback(name, scratch, driver):
     report(name, "strict, link+unlink", ops, outcome, started)
     assert not outcome.violations and not outcome.torn, \
         "\n".join((outcome.violations + outcome.torn)[:20])
+
+
+# ---- the model checks itself -------------------------------------------------------------------
+
+def test_replay_reports_a_skipped_operation_and_a_different_final_spool(scratch, driver):
+    """replay_problems bites: a trace with the claim's rename removed makes the later
+    moves of processing/j1 impossible in the model (skipped), and the final spools differ."""
+    template = crashkit.make_template(str(scratch / "template"), "complete")
+    recording = str(scratch / "recording")
+    ops, _ = record(template, recording, "complete", driver)
+    initial = snapshot(os.path.join(template, "spool"))
+    assert replay_problems(initial, ops, recording) == []
+    claim = next(i for i, op in enumerate(ops) if op["op"] == "rename")
+    problems = replay_problems(initial, ops[:claim] + ops[claim + 1:], recording)
+    assert any("impossible in the model: skipped" in p for p in problems), problems
+    assert any(p.startswith("final spool differs") for p in problems), problems
+    failed = [dict(op) for op in ops]
+    failed[claim]["failed"] = errno.EEXIST          # the claim "failed" yet it happened
+    assert any("possible in the model" in p for p in replay_problems(initial, failed,
+                                                                    recording))
+
+
+def test_tmp_files_do_not_change_what_recovery_leaves(scratch, driver):
+    """Why tmp/ halves are left out of the enumeration: at every cut of a batch enqueue and
+    of a worker draining three jobs, the state with tmp/ files exactly as the run left
+    them recovers to the same spool (the same names in each state), with the same verdict,
+    as the state with tmp/ empty."""
+    for name in ("enqueue-batch", "worker-drain"):
+        homes, ops, acks, work = traced(scratch / name, name, driver)
+        template, recording = homes
+        initial = snapshot(os.path.join(template, "spool"))
+        transition = crashkit.TRANSITIONS[name]
+        compared = 0
+        for n in range(len(ops) + 1):
+            done = powermodel.replay(initial, ops[:n])
+            acked = {job_id: state for pos, job_id, state in acks if pos <= n}
+            outcomes = []
+            for hidden in (False, True):
+                entries = {p: i for p, i in done.entries.items()
+                           if hidden or powermodel.parent(p) != "tmp"}
+                home_dir = materialise(os.path.join(work, f"n{n}-{hidden}"),
+                                       os.path.join(recording, "data"), entries,
+                                       done.content, initial[2])
+                problems = recover_and_check(home_dir, transition, acked, set(), None)
+                files = crashkit.scan(os.path.join(home_dir, "spool"))
+                # names per state (what recovery rewrites differs only in its timestamps)
+                outcomes.append(({s: sorted(f) for s, f in files.items()}, problems))
+                shutil.rmtree(home_dir)
+            assert outcomes[0] == outcomes[1], f"{name} cut before op {n}"
+            compared += 1
+        print(f"\n{name}: {compared} cuts recovered alike with and without tmp/ files")
+
+
+# ---- negative controls: the model bites -------------------------------------------------------
+
+def without(ops, acks, predicate, what):
+    """The trace minus the single operation that matches predicate(index, op), with the
+    ACK positions after it moved down by one."""
+    hits = [i for i, op in enumerate(ops) if predicate(i, op)]
+    assert len(hits) == 1, f"expected one {what} in {[o['op'] for o in ops]}, found {hits}"
+    gone = hits[0]
+    return (ops[:gone] + ops[gone + 1:],
+            [(pos - (pos > gone), job_id, state) for pos, job_id, state in acks])
+
+
+def broken_run(scratch, driver, name, predicate, what, strict=False):
+    homes, ops, acks, work = traced(scratch, name, driver)
+    broken, shifted = without(ops, acks, predicate, what)
+    outcome = check_trace(name, homes, broken, shifted, work, strict=strict)
+    print(f"\nnegative control, {name} without {what}: {outcome!r}, e.g.\n  "
+          f"{outcome.violations[:1]}")
+    return outcome.violations
+
+
+def test_negative_control_no_fsync_before_publish(scratch, driver):
+    """(a) Publishing a tmp file that was never fsynced: the link into pending/ can survive
+    a power cut while the data does not, so the job is visible but empty or torn."""
+    violations = broken_run(scratch, driver, "enqueue", lambda i, op: op["op"] == "fsync" and
+                            op["path"].startswith("tmp/"), "the fsync of the tmp file")
+    assert violations
+    assert all("unparseable pending/j1.json" in v for v in violations)
+
+
+def test_negative_control_no_dir_fsync_before_unlink(scratch, driver):
+    """(b) Finishing without fsyncing the destination directory before unlinking
+    processing/<id>: the unlink can survive while the move into completed/ is lost."""
+    violations = broken_run(scratch, driver, "complete", lambda i, op: op["op"] == "fsyncdir"
+                            and op["path"] == "completed", "the fsync of completed/")
+    assert any("acknowledged job j1 lost" in v for v in violations), violations
+
+
+def test_negative_control_no_settle_claim_fsync(scratch, driver):
+    """(c) Finishing without settle_claim's fsync of the claim's origin (pending/): the
+    claim's rename can be lost while the move into completed/ survives, and the job is in
+    pending/ and completed/ at once (it would run again)."""
+    violations = broken_run(scratch, driver, "complete", lambda i, op: op["op"] == "fsyncdir"
+                            and op["path"] == "pending", "settle_claim's fsync of pending/")
+    assert any("2 states" in v or "is pending, but completed was acknowledged" in v
+               for v in violations), violations
+
+
+def test_negative_control_no_fsync_of_rejected(scratch, driver):
+    """(d) Rejecting without the fsync of rejected/: the reason file (or the move itself)
+    can be lost after the rejection was acknowledged, so the file is back in processing/
+    and rejected again for another reason, or sits in rejected/ with no reason."""
+    violations = broken_run(scratch, driver, "worker-duplicate",
+                            lambda i, op: op["op"] == "fsyncdir" and op["path"] == "rejected",
+                            "the fsync of rejected/")
+    assert any("acknowledged rejection j1.json" in v for v in violations), violations
+
+
+def test_negative_control_unlink_moved_before_the_finishing_move(scratch, driver):
+    """(e) A planted reordering in the trace: the unlink of processing/j1 moved before the
+    move into completed/. A cut between them loses the job."""
+    homes, ops, acks, work = traced(scratch, "complete", driver)
+    unlink = max(i for i, op in enumerate(ops) if op["op"] == "unlink")
+    move = max(i for i, op in enumerate(ops) if op["op"] == "rename")
+    reordered = ops[:move] + [ops[unlink]] + ops[move:unlink] + ops[unlink + 1:]
+    outcome = check_trace("complete", homes, reordered, acks, work)
+    print(f"\nplanted reordering (trace): {outcome!r}")
+    assert any("j1 lost" in v for v in outcome.violations), outcome.violations
+
+
+@pytest.mark.parametrize("plant, name, expected", [
+    ("unlink-before-move", "complete", "j1 lost"),
+    ("no-claim-flock", "recover-during-run", "j1 in 2 states")])
+def test_the_model_catches_a_planted_bug(plant, name, expected, scratch, driver):
+    """(f) A driver with a bug planted in the code (plants/plantkit), recorded and
+    enumerated like the real thing: finishing that unlinks before its move (a cut in
+    between loses the job), and a claim without its flock (a recovery beside the run takes
+    the job too: a double claim, in two states even without a power cut)."""
+    homes, ops, acks, work = traced(scratch, name, driver, QUEUECTL_TEST_PLANT=plant)
+    outcome = check_trace(name, homes, ops, acks, work)
+    print(f"\nplanted {plant} in {name}: {outcome!r}")
+    assert any(expected in v for v in outcome.violations), outcome.violations
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("name", list(crashkit.TRANSITIONS))
+def test_power_loss_states_strict_many_runs(name, scratch, driver):
+    """The strict enumeration over 5 recordings of each transition (tmp names, timestamps
+    and the order of directory listings differ from run to run)."""
+    for run in range(5):
+        homes, ops, acks, work = traced(scratch / f"r{run}", name, driver)
+        outcome = check_trace(name, homes, ops, acks, work, strict=True)
+        assert not outcome.violations, "\n".join(outcome.violations[:20])
