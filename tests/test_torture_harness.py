@@ -11,7 +11,9 @@ import sqlite3
 import subprocess
 import time
 
-from torture import (Checker, Kill, index_lag, index_rows, job_command, read_results,
+import psutil
+
+from torture import (Checker, Kill, index_lag, index_looks, index_rows, job_command, read_results,
                      results_dir, scan_spool)
 
 
@@ -72,7 +74,9 @@ def test_a_surviving_child_of_a_killed_execution_is_an_overlap(home, wait_until)
     """Killing only the job's shell leaves its `sleep` holding the lock: still running."""
     results = results_dir(home)
     first = run_job(job_command(results, "sleep 30"), "s", wait=False)
-    wait_until(lambda: list(results.glob("w*.log")), message="the first run started")
+    # The shell forks `sleep` after writing its start line: kill it only once the child
+    # that inherits the lock exists, or nothing would hold the lock.
+    wait_until(lambda: psutil.Process(first.pid).children(), message="the first run's sleep")
     first.kill()
     first.wait()
     try:
@@ -198,3 +202,13 @@ def test_index_lag_reads_the_workers_rows_and_explains_only_killed_finishers(hom
     assert allowed == ["k: index pending, spool completed"]
     assert unexplained == ["n: index pending, spool completed"]
     assert index_rows(home) == {"k": "pending", "n": "pending"}     # no resync happened
+    # A lag in a directory the next ingest would skip (its look is recent and not racy)
+    # would last for ever: not allowed, even after a kill.
+    mtime = os.stat(spool / "completed").st_mtime_ns
+    db = sqlite3.connect(home / "data" / "queue.db")
+    with db:
+        db.execute("INSERT OR REPLACE INTO looks VALUES ('completed', ?, ?)",
+                   (mtime, mtime + 10**10))
+    db.close()
+    allowed, unexplained = index_lag(home, scan_spool(spool), runs, [Kill(0, 7, True, 20)])
+    assert allowed == [] and len(unexplained) == 2, index_looks(home)

@@ -420,25 +420,46 @@ def index_rows(home):
 
 def index_lag(home, scan, runs, kills):
     """Compare the workers' own index rows with a spool scan. A row may lag the spool only
-    where a worker moved the file and was SIGKILLed before its index update: the id's last
-    execution ran in a worker that was killed (its pid is among the kills). Returns (allowed,
+    where (1) a worker moved the file and was SIGKILLed before its index update: the id's
+    last execution ran in a worker that was killed (its pid is among the kills), and (2) the
+    next `status` or `list` will catch up: the directory now holding the file is one that
+    ingest rescans, because its mtime is not the one recorded at the last look, or was
+    within ingest.RACY_SECONDS of that look (git's racy-index rule). Returns (allowed,
     unexplained) lists of "id: index X, spool Y"."""
-    rows = index_rows(home)
+    rows, looks = index_rows(home), index_looks(home)
     where = {i: s[0] for i, s in scan.where().items() if len(s) == 1}
-    killed = {}
-    for kill in kills:
-        killed.setdefault(kill.pid, []).append(kill.ns)
+    killed = {kill.pid for kill in kills}
     allowed, unexplained = [], []
     for job_id in sorted(set(rows) | set(where)):
         if rows.get(job_id) == where.get(job_id):
             continue
         text = f"{job_id}: index {rows.get(job_id)}, spool {where.get(job_id)}"
         last = runs.get(job_id, [None])[-1]
-        if last is not None and killed.get(last.worker):
+        state = where.get(job_id)
+        if last is not None and last.worker in killed and state and \
+                rescanned(Path(home) / "spool" / state, looks.get(state)):
             allowed.append(text)
         else:
             unexplained.append(text)
     return allowed, unexplained
+
+
+def index_looks(home):
+    """{dir: (mtime_ns, look_ns)}: what the index's last ingest saw of each directory."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{Path(home) / 'data' / 'queue.db'}?mode=ro", uri=True,
+                         timeout=30)
+    try:
+        return {d: (m, t) for d, m, t in db.execute("SELECT dir, mtime_ns, look_ns FROM looks")}
+    finally:
+        db.close()
+
+
+def rescanned(directory, look):
+    """Will the next ingest rescan this directory? (queuectl.ingest's rule.)"""
+    from queuectl.ingest import RACY_SECONDS
+    mtime = os.stat(directory).st_mtime_ns
+    return not (look and look[0] == mtime and look[1] - mtime > RACY_SECONDS * 1e9)
 
 
 def _time_overlaps(runs):
