@@ -1,18 +1,26 @@
 """Kill storms: 4 workers under one supervisor while a random worker is killed every 200 ms
 (the supervisor restarts it), jobs enqueued by real `queuectl enqueue -` producers meanwhile.
-Pass: no acknowledged job lost, nothing unexpected runs, never two executions of one id at
-once, no id in two states, processing/ empty at the end, and no more duplicate executions
-than kills that hit a busy worker. Variants: producers SIGKILLed in the middle of their batch
-(every printed id runs, nothing half-written is ever visible in pending/, nothing rejected),
-and SIGTERM instead of SIGKILL (nothing lost, nothing run twice).
+Each job sleeps 20-200 ms (torture.STORM_BODY) holding a per-id lock for its whole life, so a
+job two workers both hold would run twice at once and say so.
 
-Sizes. The SIGKILL storm runs the issue's CI size, 2,000 jobs x 3 rounds, by default. On 2
-cores it drained 110-210 jobs/s (~250 without kills; restarts and recoveries cost the rest)
-and this file took 63-81 s, measured with other test runs sharing the cores (load ~12). The
-SIGTERM storm runs 800 x 1 and the producer test 12 batches of 200 (two in three killed) by
-default. `pytest -m stress` runs the storms at the issue's stress size (10,000 x 20), the
-SIGTERM storm also at 2,000 x 3, and 99 producer batches of 500. Seeds are recorded (set
-TORTURE_SEED to replay one)."""
+Checked twice: first as the running workers left the spool (processing/ emptied by their own
+recovery, polled with a deadline; no manual repair) with the workers' own index rows read
+straight from SQLite, then after `worker stop` and `queuectl recover` through list/status.
+Pass: no acknowledged job lost, nothing unexpected runs, never two executions of one id at
+once, no id in two states, processing/ and dead/ empty (max_retries 1000), nothing rejected;
+every re-run of an id follows a kill of the worker that ran the attempt before
+(torture.unexplained_reruns); an index row lags the spool only where its last worker was
+killed and the next ingest rescans the file's directory (torture.index_lag). Variants:
+producers SIGKILLed in the middle of their batch (every printed id runs, nothing
+half-written is ever visible in pending/, nothing rejected), SIGTERM instead of SIGKILL
+(nothing lost, nothing run twice, no index lag), and two planted bugs the checks must catch
+(tests/plants: claims without their flock; unlink before the finishing move).
+
+Sizes. By default the SIGKILL storm runs 300 jobs x 2 rounds (about 20 s of jobs per round
+on 4 workers, 100-170 kills, 40-90 s with other test runs sharing the 2 cores), the SIGTERM
+storm 150 x 1, the planted storms 100 and 300 jobs, the producer test 12 batches of 200 (two
+in three killed). `pytest -m stress` runs both storms at 2,000 x 3 and 10,000 x 20 and 99
+producer batches of 500. Seeds are recorded (set TORTURE_SEED to replay one)."""
 
 import os
 import random
