@@ -18,7 +18,7 @@ half-written is ever visible in pending/, nothing rejected), SIGTERM instead of 
 
 Sizes. By default the SIGKILL storm runs 300 jobs x 2 rounds (about 20 s of jobs per round
 on 4 workers, 100-170 kills, 40-90 s with other test runs sharing the 2 cores), the SIGTERM
-storm 150 x 1, the planted storms 100 and 300 jobs, the producer test 12 batches of 200 (two
+storm 150 x 1, the planted storms 100 and 150 jobs, the producer test 12 batches of 200 (two
 in three killed). `pytest -m stress` runs both storms at 2,000 x 3 and 10,000 x 20 and 99
 producer batches of 500. Seeds are recorded (set TORTURE_SEED to replay one)."""
 
@@ -166,11 +166,13 @@ def test_storm_catches_a_planted_double_claim(home, workers, wait_until):
 def test_storm_catches_a_planted_reordering(home, workers, wait_until):
     """Workers that unlink processing/<id> before moving the finished record
     (plants/plantkit): a kill in between loses the job, and the checks must say so. Short
-    jobs and a kill every 50 ms, so that many kills land in that window."""
+    jobs, a kill every 300 ms (rarer kills leave the workers time to work) and a 50 ms
+    window (as on a slow disk), so that many kills land in it."""
+    env = {**plant_env("unlink-before-move"), "QUEUECTL_TEST_PLANT_PAUSE": "0.05"}
     as_left, after, storm, lag = run_storm(home, workers, wait_until,
-                                           "kill_storm_plant_reorder", 300, 1,
-                                           signal.SIGKILL, body=":", interval=0.05,
-                                           env=plant_env("unlink-before-move"), settle=False)
+                                           "kill_storm_plant_reorder", 150, 1,
+                                           signal.SIGKILL, body=":", interval=0.3, env=env,
+                                           settle=False)
     print(f"[torture] planted reordering: lost {len(as_left.lost)} of {as_left.acknowledged}")
     assert as_left.lost and after.lost, as_left.summary()
     with pytest.raises(AssertionError):

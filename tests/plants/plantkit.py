@@ -6,7 +6,8 @@ package never contains it. QUEUECTL_TEST_PLANT picks the bug:
 - no-claim-flock: a claim skips its flock, so the job file is unlocked while it runs and
   any recovery takes it for an orphan (a double claim);
 - unlink-before-move: finishing unlinks processing/<id> and drops the lock before writing
-  and moving the new record (a reordering: a kill in between loses the job)."""
+  and moving the new record (a reordering: a kill in between loses the job);
+  QUEUECTL_TEST_PLANT_PAUSE=SECONDS makes the window that long, as a slow disk would."""
 
 import os
 
@@ -23,11 +24,17 @@ def _no_claim_flock():
     fsops.flock = flock
 
 
+SLOW_STEP = float(os.environ.get("QUEUECTL_TEST_PLANT_PAUSE", "0"))
+
+
 def _unlink_before_move():
+    import time
     from queuectl import fsops, spool
 
     def finish(self, claim, data, dest):
         self.release(claim, unlink=True)     # the unlink and unlock first ...
+        if SLOW_STEP:
+            time.sleep(SLOW_STEP)            # (a slow disk: widens the window for a kill)
         tmp = self._write_tmp(data)          # ... then the record and its move
         fsops.rename_noreplace(tmp, self.path(dest, claim.job_id))
         fsops.fsync_dir(self.dir(dest))
