@@ -76,7 +76,9 @@ def test_a_surviving_child_of_a_killed_execution_is_an_overlap(home, wait_until)
     first = run_job(job_command(results, "sleep 30"), "s", wait=False)
     # The shell forks `sleep` after writing its start line: kill it only once the child
     # that inherits the lock exists, or nothing would hold the lock.
-    wait_until(lambda: psutil.Process(first.pid).children(), message="the first run's sleep")
+    wait_until(lambda: any(child.name() == "sleep"
+                           for child in psutil.Process(first.pid).children()),
+               message="the first run's sleep")
     first.kill()
     first.wait()
     try:
