@@ -363,7 +363,7 @@ def drive(home_dir, name):
         from queuectl.runner import Result
         held = lifecycle.claim(home, "pending", "j1")
         doc = lifecycle.parse_claimed(home, held, now)
-        lifecycle.mark_running(home, doc)
+        lifecycle.mark_running(home, doc, now)
         recover_all(home)
         lifecycle.complete(home, held, doc, Result(exit_code=0, duration_s=0.0), now)
         _ack("j1", _where(home, "j1"))
