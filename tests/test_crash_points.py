@@ -2,19 +2,25 @@
 
 For every transition (crashkit.TRANSITIONS: enqueue of one job and of a batch, ingest of a
 drop-in with a bad one rejected, a worker rejecting a bad drop and a duplicate id, claim,
-unclaim, complete, fail-and-retry, fail-to-dead, a worker draining three jobs, recovery of an
-orphan / a leftover / an unreadable file, DLQ retry, graceful requeue, cancel, retry now,
-reindex) we first count its spool operations (fsops' QUEUECTL_FAULT_LOG), then for every k
+unclaim, a recovery running beside a live claim, complete, fail-and-retry, fail-to-dead, a
+worker draining three jobs, recovery of an orphan / a leftover / an unreadable file, DLQ
+retry, graceful requeue, cancel, retry now, reindex) we first count its spool operations (fsops' QUEUECTL_FAULT_LOG), then for every k
 run it again in a fresh copy of the same starting home
 with QUEUECTL_FAULT=exit@k, so the process dies just before its k-th operation. Then, as an
 operator would, `queuectl recover`, `queuectl status` (which ingests) and `queuectl fsck`,
 and the check (crashkit.check_spool): processing/ empty, every job in exactly one state,
 every job that existed before still there, parseable and in a state the transition allows,
-every acknowledged one in the acknowledged state, bad drops in rejected/ byte for byte, the
-index equal to the spool, fsck clean (exit 0): no manual repair.
+every acknowledged one in the acknowledged state, bad drops in rejected/ byte for byte, an
+acknowledged rejection still there with the reason the uncrashed run gave it, the index
+equal to the spool, fsck clean (exit 0): no manual repair.
 
-Each run is a child process forked by one `crashkit.py --serve` (so 190 runs do not pay
-Python's start-up 190 times); recovery and checks run here, in order."""
+Every transition runs twice: with renameat2, and with moves forced to link + fsync + unlink
+(QUEUECTL_NO_RENAMEAT2=1), whose steps are crash points of their own: 205 + 269 crash
+points. Two planted bugs (tests/plants: a claim without its flock, an unlink before the
+finishing move) must make the same checks report problems.
+
+Each run is a child process forked by one `crashkit.py --serve` (so 500 runs do not pay
+Python's start-up 500 times); recovery and checks run here, in order."""
 
 import fcntl
 import os
