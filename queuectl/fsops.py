@@ -7,7 +7,12 @@ raise an OSError (ENOSPC, EIO) there. Without a hook the cost is one `is None` c
 
 QUEUECTL_FAULT syntax: `exit@K` (os._exit(137) before the K-th call), `ERRNO@OP` (raise
 errno ERRNO on every OP call, e.g. ENOSPC@write), `ERRNO@OP#N` (only on the N-th OP call),
-and QUEUECTL_FAULT_LOG=PATH appends "op path" per call (the power-loss model's recording)."""
+and QUEUECTL_FAULT_LOG=PATH appends "op path" per call (the power-loss model's recording).
+
+A move that cannot use renameat2(RENAME_NOREPLACE) (an old kernel, or a filesystem that
+answers EINVAL) is done as link + unlink: two operations, each seen by the hook on its own,
+so a crash between them is a crash point of its own. QUEUECTL_NO_RENAMEAT2=1 (or
+`use_renameat2(False)`) forces that fallback, so tests can exercise it on any kernel."""
 
 import errno
 import fcntl
@@ -16,6 +21,7 @@ import os
 _hook = None
 _hook_info = False
 _libc = None
+_use_renameat2 = not os.environ.get("QUEUECTL_NO_RENAMEAT2")
 RENAME_NOREPLACE = 1
 AT_FDCWD = -100
 
@@ -27,6 +33,12 @@ def set_hook(hook, info=False):
     sequence (the power-loss model) needs to replay it."""
     global _hook, _hook_info
     _hook, _hook_info = hook, info
+
+
+def use_renameat2(enabled):
+    """False forces moves to link + unlink (as on a kernel without renameat2)."""
+    global _use_renameat2
+    _use_renameat2 = bool(enabled)
 
 
 def _hook_from_env(spec, log_path):
@@ -63,9 +75,20 @@ def _check(op, path, **info):
             _hook(op, str(path))
 
 
+def _failed(op, path, exc):
+    """Tell a recording hook that the operation it just saw did not happen (its errno), so
+    a replay of the recording can tell a failed call from a skipped one."""
+    if _hook is not None and _hook_info:
+        _hook("failed", str(path), {"of": op, "errno": exc.errno})
+
+
 def open_(path, flags, mode=0o600):
     _check("open", path, flags=flags)
-    return os.open(path, flags | os.O_CLOEXEC, mode)
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        _failed("open", path, exc)
+        raise
 
 
 def write_all(fd, data, path=""):
@@ -94,7 +117,11 @@ def fsync_dir(path):
 def link(src, dst):
     """Hard link that fails with FileExistsError instead of replacing dst."""
     _check("link", dst, src=str(src))
-    os.link(src, dst, follow_symlinks=False)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        _failed("link", dst, exc)
+        raise
 
 
 def _renameat2():
@@ -117,29 +144,69 @@ def _get_errno():
 
 def rename_noreplace(src, dst):
     """Atomic move that never overwrites: FileExistsError if dst exists. Uses renameat2
-    where the kernel has it, else link + unlink (same guarantee, two steps)."""
-    _check("rename", dst, src=str(src))
-    fn = _renameat2()
+    where the kernel and filesystem have it, else link + unlink (same guarantee, two steps;
+    see _link_unlink). A dst that already is src's inode is a move cut short between its
+    link and its unlink (by a crash, or a power cut that kept both names): it is finished
+    by unlinking src, not reported as a duplicate (which would copy the file again)."""
+    global _use_renameat2
+    fn = _renameat2() if _use_renameat2 else None
     if fn is not None:
+        _check("rename", dst, src=str(src))
         if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
             return
         code = _get_errno()
+        exc = OSError(code, os.strerror(code), str(src), None, str(dst))
+        _failed("rename", dst, exc)
+        if code == errno.EEXIST and _same_inode(src, dst):
+            unlink(src)
+            return
         if code not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(code, os.strerror(code), str(src), None, str(dst))
-    os.link(src, dst, follow_symlinks=False)
-    os.unlink(src)
+            raise exc
+        _use_renameat2 = False          # this kernel or filesystem has none: stop asking
+    _link_unlink(src, dst)
+
+
+def _link_unlink(src, dst):
+    """The two-step move: link, fsync of dst's directory, unlink. The fsync orders the
+    steps on disk: without it a power cut could keep the unlink and lose the link (two
+    directory updates with nothing tying them together), and the file would be gone. The
+    callers hold the file's flock or own a unique tmp name, so nobody else is halfway
+    through the same move."""
+    try:
+        link(src, dst)
+    except FileExistsError:
+        if not _same_inode(src, dst):
+            raise
+    fsync_dir(os.path.dirname(dst))
+    unlink(src)
+
+
+def _same_inode(a, b):
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
 def replace(src, dst):
     """Atomic rename that does replace dst: only for side files (a rejection's reason),
     never for jobs."""
     _check("replace", dst, src=str(src))
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        _failed("replace", dst, exc)
+        raise
 
 
 def unlink(path):
     _check("unlink", path)
-    os.unlink(path)
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        _failed("unlink", path, exc)
+        raise
 
 
 def flock(fd, operation, path=""):

@@ -231,8 +231,12 @@ def header(job_id, attempt, worker_label, now_text):
 
 
 def job_environment(job_id, attempt, home):
+    """The job's environment: ours, plus its id, attempt, home and the pid of the worker
+    running it (this process: $PPID is not that if the worker died before the shell
+    started, when the orphan was already handed to the supervisor)."""
     env = dict(os.environ)
-    env.update(QUEUECTL_JOB_ID=job_id, QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_HOME=home)
+    env.update(QUEUECTL_JOB_ID=job_id, QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_HOME=home,
+               QUEUECTL_WORKER_PID=str(os.getpid()))
     return env
 
 

@@ -123,8 +123,7 @@ class Spool:
         path = os.path.join(self.root, PAUSE_FILE)
         if paused:
             self.ensure_layout()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            os.close(fd)
+            os.close(fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         else:
             _unlink_quietly(path)
 
@@ -402,7 +401,7 @@ class Spool:
         except BaseException:
             for job_id in linked:
                 try:
-                    os.unlink(self.path(state, job_id))
+                    fsops.unlink(self.path(state, job_id))
                 except FileNotFoundError:
                     logging.getLogger("queuectl").warning(
                         "publishing failed, but a worker had already taken %s: it runs", job_id)

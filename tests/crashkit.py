@@ -25,7 +25,8 @@ SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output")
 BAD_DROP = b'{"command": "echo half'          # a drop-in cut off mid-write
 DUPLICATE_DROP = b'{"command": "echo again"}\n'  # a drop-in reusing a finished job's id
 FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
-               "QUEUECTL_FAULT_LOG", "CRASHKIT_RECORD")
+               "QUEUECTL_FAULT_LOG", "CRASHKIT_RECORD", "QUEUECTL_NO_RENAMEAT2",
+               "QUEUECTL_TEST_PLANT")
 
 
 def scratch_root(fallback):
@@ -185,6 +186,8 @@ TRANSITIONS = {t.name: t for t in (
                bad={"j1.json": DUPLICATE_DROP}),
     Transition("claim", setup_pending(), {"j1": {"pending", "failed"}}),
     Transition("unclaim", setup_pending(), {"j1": {"pending", "failed"}}),
+    Transition("recover-during-run", setup_pending(),
+               {"j1": {"pending", "failed", "completed"}}, attempts={"j1": 1}),
     Transition("complete", setup_pending("true"), {"j1": {"pending", "failed", "completed"}},
                attempts={"j1": 1}),
     Transition("fail-retry", setup_pending("false", max_retries=2),
@@ -246,6 +249,8 @@ def _recorder(spool_root, out):
 
     def hook(op, path, info):
         event = {"op": op, "path": rel(path)}
+        if op == "failed":             # the operation just recorded did not happen
+            event.update(of=info["of"], errno=info["errno"])
         if "src" in info:
             event["src"] = rel(info["src"])
         if "flags" in info:
@@ -265,14 +270,46 @@ def _worker_once(home, stop_signals=False):
     return worker.run_once()
 
 
+def _ack_rejections(home):
+    """ACK every file in rejected/ as `ACK <name> rejected`: once the call that rejected it
+    returned, it must stay there with the reason it got (reason() reads it back)."""
+    for name in sorted(home.spool.rejected_names()):
+        _ack(name, "rejected")
+
+
+def rejection_reasons(home_dir):
+    """{name: reason text} of every rejected/ file of a home, as the check compares them."""
+    rejected = os.path.join(home_dir, "spool", "rejected")
+    reasons = {}
+    for name in os.listdir(rejected):
+        if not name.endswith(".reason"):
+            try:
+                with open(os.path.join(rejected, name + ".reason"), "rb") as f:
+                    reasons[name] = f.read()
+            except FileNotFoundError:
+                reasons[name] = None
+    return reasons
+
+
 def _where(home, job_id):
     states = home.spool.find(job_id)
     return states[0] if len(states) == 1 else "+".join(states) or "nowhere"
 
 
+def _apply_plant():
+    """A bug planted on purpose (QUEUECTL_TEST_PLANT, see plants/plantkit.py), to show
+    that the checks catch it."""
+    plant = os.environ.get("QUEUECTL_TEST_PLANT")
+    if plant:
+        sys.path.insert(0, os.path.join(HERE, "plants"))
+        import plantkit
+        plantkit.apply(plant)
+
+
 def drive(home_dir, name):
     global _RECORD
     from queuectl.home import Home
+    _apply_plant()
     home = Home(home_dir)
     record = os.environ.get("CRASHKIT_RECORD")
     if record:
@@ -305,8 +342,10 @@ def drive(home_dir, name):
         from queuectl.ingest import ingest
         ingest(home)
         _ack("drop1", "pending")
+        _ack_rejections(home)
     elif name in ("worker-reject", "worker-duplicate"):
         assert _worker_once(home) == (name == "worker-duplicate")
+        _ack_rejections(home)
     elif name in ("claim", "unclaim"):
         from queuectl import lifecycle
         held = lifecycle.claim(home, "pending", "j1")
@@ -316,6 +355,18 @@ def drive(home_dir, name):
             lifecycle.mark_running(home, doc, now)
             os._exit(0)                # exits holding the claim: an orphan for recovery
         lifecycle.unclaim(home, held)   # promises nothing: a lost unclaim leaves an orphan
+    elif name == "recover-during-run":
+        # Another worker's recovery runs while j1 is claimed: it must leave j1 alone (its
+        # flock is held), and j1 then completes once.
+        from queuectl import lifecycle
+        from queuectl.recovery import recover_all
+        from queuectl.runner import Result
+        held = lifecycle.claim(home, "pending", "j1")
+        doc = lifecycle.parse_claimed(home, held, now)
+        lifecycle.mark_running(home, doc, now)
+        recover_all(home)
+        lifecycle.complete(home, held, doc, Result(exit_code=0, duration_s=0.0), now)
+        _ack("j1", _where(home, "j1"))
     elif name in ("complete", "fail-retry", "fail-dead", "requeue"):
         assert _worker_once(home, stop_signals=(name == "requeue"))
         _ack("j1", _where(home, "j1"))
@@ -325,6 +376,7 @@ def drive(home_dir, name):
         assert done, "nothing recovered"
         if name != "recover-unreadable":
             _ack("j1", _where(home, "j1"))
+        _ack_rejections(home)
     elif name in ("dlq-retry", "cancel", "retry-now"):
         from queuectl import control
         action = {"dlq-retry": lambda: control.dlq_retry(home, ["j1"]),
@@ -376,13 +428,17 @@ def parse_job(data, stem):
         return None
 
 
-def check_spool(home_dir, transition, acked, known_before=(), index=True):
+def check_spool(home_dir, transition, acked, known_before=(), index=True, reasons=None):
     """Every way the recovered spool at home_dir breaks the invariants, as strings.
-    `acked`: {id: state} the driver promised; `known_before`: ids that existed before the
+    `acked`: {id: state} the driver promised, and {name: "rejected"} for each rejection it
+    acknowledged (that file must be in rejected/ under that name with the reason
+    `reasons[name]` the uncrashed run gave it); `known_before`: ids that existed before the
     transition (they must survive whatever happened)."""
     from queuectl.home import Home
     t = transition
     problems = []
+    rejections = {n for n, s in acked.items() if s == "rejected"}
+    acked = {i: s for i, s in acked.items() if s != "rejected"}
     spool_dir = os.path.join(home_dir, "spool")
     files = scan(spool_dir)
     where = {}
@@ -430,6 +486,13 @@ def check_spool(home_dir, transition, acked, known_before=(), index=True):
                   if (n == name or n.startswith(name + ".")) and d == data]
         if len(copies) != 1:
             problems.append(f"bad drop {name}: {len(copies)} intact copies in rejected/")
+    for name in sorted(rejections):
+        if name not in files["rejected"]:
+            problems.append(f"acknowledged rejection {name} not in rejected/")
+        elif reasons is not None and rejection_reasons(home_dir).get(name) != reasons.get(name):
+            problems.append(f"acknowledged rejection {name} has reason "
+                            f"{rejection_reasons(home_dir).get(name)!r}, acknowledged with "
+                            f"{reasons.get(name)!r}")
     if index:
         home = Home(home_dir)
         try:

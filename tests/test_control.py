@@ -41,7 +41,8 @@ def test_pause_stops_claiming_running_job_finishes_resume_restarts(pool, wait_un
     assert metrics(pool.cli)["paused"] is True
     assert "PAUSED: workers are not claiming jobs (queuectl resume)" in \
         lines(pool.cli("status"))
-    time.sleep(POLL_INTERVAL)       # the grace the spec gives workers to notice the pause
+    # No grace period to wait out: a worker checks for PAUSED before every claim, and
+    # `held` reaches a worker's picker only after PAUSED exists, so no worker may take it.
     pool.enqueue({"id": "held", "command": "true"})
     assert stays_pending(spool, "held"), states_of(spool, "held")
 
@@ -65,7 +66,8 @@ def test_pause_by_touching_the_file_and_resume_by_removing_it(pool, wait_until):
     pool.start(1)
     (spool / "PAUSED").touch()                 # any tool can pause the queue
     assert report(pool.cli, "status")["paused"] is True
-    time.sleep(POLL_INTERVAL)       # the grace the spec gives workers to notice the pause
+    # No grace period to wait out: a worker checks for PAUSED before every claim, and
+    # `held` reaches a worker's picker only after PAUSED exists, so no worker may take it.
     pool.enqueue({"id": "held", "command": "true"})
     assert stays_pending(spool, "held"), states_of(spool, "held")
     os.unlink(spool / "PAUSED")

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -135,9 +134,13 @@ def test_a_failed_enqueue_races_no_worker(tmp_path, spool):
                         + "\n" for i in range(20))
         ran = queuectl(home, "enqueue", "-", input=batch, fault="EIO@fsyncdir", log=log)
         assert ran.returncode == 1 and "Traceback" not in ran.stderr
-        time.sleep(0.5)
+        # A job taken in the instant between link and withdrawal is in processing/ (or
+        # already done) once enqueue has exited: wait for it to finish, not for a while.
+        wait_until(lambda: listing(spool, "processing") == [], 15,
+                   message="any job the worker took to finish")
         taken = [line.split()[0] for line in (tmp_path / "ran").read_text().splitlines()] \
             if (tmp_path / "ran").exists() else []
+        assert sorted(taken) == sorted(n[:-5] for n in listing(spool, "completed"))
         # Only jobs a worker took in the instant between link and withdrawal may have run,
         # and each of those is logged as such.
         logged = (home / "data" / "logs" / "queuectl.log").read_text()

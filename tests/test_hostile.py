@@ -40,8 +40,6 @@ TIB = 1 << 40
 # with no such file (measured just before, so a loaded machine does not fail the test).
 PER_FILE_LIMIT = 1.0
 POLL_INTERVAL = 1.0         # the default worker_poll_interval
-IS_ROOT = os.geteuid() == 0
-NEEDS_ROOT = "needs root: only root can give a file to another uid (chown to 12345)"
 SHADOW = b'{"command": "cat /etc/shadow"}'
 
 _FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
@@ -333,6 +331,10 @@ CASES = [
     Case("name-not-utf8-not-json", b"job\xff.txt", content(b'{"command": "x"}'), "ignored"),
     Case("name-not-utf8-hidden", b".\xff.json", content(b'{"command": "x"}'), "ignored"),
 ]
+# Files of another uid can only be made by root (chown): those cases are marked `root`
+# and run in make test's first pass, which runs as root.
+CASE_PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.root] if c.needs_root else [])
+               for c in CASES]
 assert len({c.name for c in CASES}) == len(CASES) and len({c.id for c in CASES}) == len(CASES)
 
 
@@ -430,8 +432,6 @@ def _fresh_target(tmp_path):
 
 def _build(target, case):
     """Build the case in scratch/, backdate it past settle_seconds and fingerprint it."""
-    if case.needs_root and not IS_ROOT:
-        pytest.skip(NEEDS_ROOT)
     if case.prepare:
         case.prepare(target.spool)
     built = os.path.join(target.scratch, case.name)
@@ -498,7 +498,7 @@ def _check_outcome(target, case, before, worker):
         case.check(rejected, before, target.scratch)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_hostile_drop_with_only_status(tmp_path, case, status_baseline_rss):
     target = _fresh_target(tmp_path)
     built, before = _build(target, case)
@@ -511,7 +511,9 @@ def test_hostile_drop_with_only_status(tmp_path, case, status_baseline_rss):
         started = time.monotonic()
         report = target.status()
         return report, time.monotonic() - started, None
-    _, baseline, _ = look()                    # the same look at a spool without the file
+    # The same look at a spool without the file, the slowest of three: the bound below is
+    # relative to what a look costs on this machine right now, not to one lucky sample.
+    baseline = max(look()[1] for _ in range(3))
     os.rename(built, target.path("pending", case.name))
     report, elapsed, rss = look()
     if rss is not None:
@@ -527,11 +529,12 @@ def test_hostile_drop_with_only_status(tmp_path, case, status_baseline_rss):
     _check_outcome(target, case, before, worker=False)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_hostile_drop_with_a_worker_running(worker_target, case):
     target = worker_target
     built, before = _build(target, case)
-    baseline = target.sentinel()               # how long a trivial job takes right now
+    # How long a trivial job takes right now: the slowest of three, not one sample.
+    baseline = max(target.sentinel() for _ in range(3))
     rss_before = psutil.Process(target.pid).memory_info().rss
     started = time.monotonic()
     os.rename(built, target.path("pending", case.name))

@@ -182,21 +182,28 @@ def test_symlink_planted_as_the_output_log_is_not_followed(home, cli, spool, tmp
 def test_symlink_planted_in_tmp_is_not_followed_by_enqueue(home, cli, spool, tmp_path,
                                                            monkeypatch, target_exists):
     """enqueue's tmp/ name is host.pid.random; with the randomness pinned the name is known
-    in advance, so a symlink can sit exactly where enqueue writes."""
+    in advance, so a symlink can sit exactly where enqueue writes. enqueue must meet it
+    (its open of that very path is seen through fsops' hook), refuse it (O_EXCL|O_NOFOLLOW:
+    "File exists"), exit 1 and publish nothing."""
+    from queuectl import fsops
     monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)
     planted = spool / "tmp" / f"{spoolmod._HOST}.{os.getpid()}.{'01' * 6}"
     target = tmp_path / "victim"
     if target_exists:
         target.write_bytes(b"precious\n")
     os.symlink(target, planted)
-    result = cli("enqueue", '{"id": "j1", "command": "echo hi"}')
+    opened = []
+    fsops.set_hook(lambda op, path: opened.append(path) if op == "open" else None)
+    try:
+        result = cli("enqueue", '{"id": "j1", "command": "echo hi"}')
+    finally:
+        fsops.set_hook(None)
+    assert opened == [str(planted)]                      # the symlink branch, and only it
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: File exists: {planted}\n"
     if target_exists:
         assert target.read_bytes() == b"precious\n"
     else:
         assert not os.path.lexists(target), "the dangling symlink's target was created"
     assert os.readlink(planted) == str(target)           # the link itself is left alone
-    if result.exit_code == 0:
-        assert json.loads((spool / "pending" / "j1.json").read_text())["command"] == "echo hi"
-    else:
-        assert result.exit_code == 1 and result.stderr.startswith("Error: "), result.stderr
-        assert os.listdir(spool / "pending") == []
+    assert os.listdir(spool / "pending") == []

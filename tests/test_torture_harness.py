@@ -11,7 +11,10 @@ import sqlite3
 import subprocess
 import time
 
-from torture import Checker, job_command, read_results, results_dir
+import psutil
+
+from torture import (Checker, Kill, index_lag, index_looks, index_rows, job_command, read_results,
+                     results_dir, scan_spool)
 
 
 def run_job(command, job_id, attempt=1, wait=True):
@@ -71,7 +74,11 @@ def test_a_surviving_child_of_a_killed_execution_is_an_overlap(home, wait_until)
     """Killing only the job's shell leaves its `sleep` holding the lock: still running."""
     results = results_dir(home)
     first = run_job(job_command(results, "sleep 30"), "s", wait=False)
-    wait_until(lambda: list(results.glob("w*.log")), message="the first run started")
+    # The shell forks `sleep` after writing its start line: kill it only once the child
+    # that inherits the lock exists, or nothing would hold the lock.
+    wait_until(lambda: any(child.name() == "sleep"
+                           for child in psutil.Process(first.pid).children()),
+               message="the first run's sleep")
     first.kill()
     first.wait()
     try:
@@ -159,3 +166,51 @@ def test_the_checker_sees_the_index_disagree_with_the_spool(home, cli):
     report = Checker(home).check(["drifted"], index=True)
     assert report.index_disagreements[0] == "drifted: index ['dead'], spool ['pending']"
     assert any(p.startswith("status counts") for p in report.index_disagreements)
+
+
+def test_a_rerun_without_a_kill_of_the_worker_before_is_unexplained(home):
+    """Per-id accounting: attempt 2 is explained only if attempt 1's worker was killed
+    before it started and ran nothing after attempt 1."""
+    results = results_dir(home)
+    s = 1_000_000_000
+    (results / "w1.log").write_text(f"a 1 start {10 * s} 50 100\n"
+                                    f"b 1 start {10 * s} 51 200\nb 1 end {11 * s} 51 200\n"
+                                    f"c 1 start {12 * s} 52 200\n")
+    (results / "w2.log").write_text(f"a 2 start {20 * s} 60 101\na 2 end {21 * s} 60 101\n"
+                                    f"b 2 start {20 * s} 61 101\nb 2 end {21 * s} 61 101\n"
+                                    f"c 2 start {20 * s} 62 101\nc 2 end {21 * s} 62 101\n")
+    kills = [Kill(0, 100, True, 15 * s),        # worker 100 died running a: explained
+             Kill(0, 200, True, 15 * s)]        # worker 200 ran c after b: b's rerun is not
+    report = Checker(home, results).check(["a", "b", "c"], index=False, kills=kills)
+    assert [r.split(":")[0] for r in report.unexplained_reruns] == ["b"]
+    no_kills = Checker(home, results).check(["a", "b", "c"], index=False, kills=[])
+    assert [r.split(":")[0] for r in no_kills.unexplained_reruns] == ["a", "b", "c"]
+    late = [Kill(0, 100, True, 25 * s), Kill(0, 200, True, 25 * s)]  # after the rerun
+    report = Checker(home, results).check(["a", "b", "c"], index=False, kills=late)
+    assert [r.split(":")[0] for r in report.unexplained_reruns] == ["a", "b", "c"]
+
+
+def test_index_lag_reads_the_workers_rows_and_explains_only_killed_finishers(home, cli):
+    """index_lag reads queue.db as it is (no resync): a row that disagrees with the spool
+    is allowed only if the job's last execution's worker was killed."""
+    spool = home / "spool"
+    for job_id in ("k", "n"):
+        assert cli("enqueue", json.dumps({"id": job_id, "command": "true"})).exit_code == 0
+        os.rename(spool / "pending" / f"{job_id}.json", spool / "completed" / f"{job_id}.json")
+    results = results_dir(home)
+    (results / "w7.log").write_text("k 1 start 10 1 7\nn 1 start 10 2 8\n")
+    runs = read_results(results).by_id()
+    allowed, unexplained = index_lag(home, scan_spool(spool), runs, [Kill(0, 7, True, 20)])
+    assert allowed == ["k: index pending, spool completed"]
+    assert unexplained == ["n: index pending, spool completed"]
+    assert index_rows(home) == {"k": "pending", "n": "pending"}     # no resync happened
+    # A lag in a directory the next ingest would skip (its look is recent and not racy)
+    # would last for ever: not allowed, even after a kill.
+    mtime = os.stat(spool / "completed").st_mtime_ns
+    db = sqlite3.connect(home / "data" / "queue.db")
+    with db:
+        db.execute("INSERT OR REPLACE INTO looks VALUES ('completed', ?, ?)",
+                   (mtime, mtime + 10**10))
+    db.close()
+    allowed, unexplained = index_lag(home, scan_spool(spool), runs, [Kill(0, 7, True, 20)])
+    assert allowed == [] and len(unexplained) == 2, index_looks(home)

@@ -4,7 +4,9 @@ worker pools that are always torn down, a kill storm, and a report file for the 
 
 The job command (`job_command`) is one POSIX sh line; each execution appends
     <id> <attempt> start|end|overlap <monotonic ns> <sh pid> <worker pid>
-to results/w<worker pid>.log (the worker is the shell's parent, $PPID). Why it looks so:
+to results/w<worker pid>.log: the worker is $QUEUECTL_WORKER_PID, which the worker sets (not
+$PPID: a worker SIGKILLed between forking the shell and the shell's start leaves an orphan
+whose parent is already the supervisor), or $PPID when run by hand. Why it looks so:
 - No interpreter: /bin/sh (dash) starts in 0.8 ms; a Python helper costs 15 ms a job.
 - The clock is /proc/uptime read with the shell's `read` builtin: monotonic (CLOCK_BOOTTIME),
   one clock for every process, no fork, but 10 ms resolution. `date +%s%N` has ns but costs a
@@ -48,7 +50,7 @@ from workerkit import home_processes, kill_processes, pid_alive
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 REPORT_FILE = Path(__file__).resolve().parent.parent / "bench" / "results" / "torture.txt"
 _RECORD = ('{ read t x </proc/uptime; echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT %s '
-           '${t%%.*}${t#*.}0000000 $$ $PPID" >>"$f"; }')
+           '${t%%.*}${t#*.}0000000 $$ $W" >>"$f"; }')
 
 
 # ---- the job command ------------------------------------------------------------------------
@@ -66,8 +68,15 @@ def job_command(results, body="", fsync=False):
     sync = ' sync "$f";' if fsync else ""
     inner = (f'flock -n 8 || {_RECORD % "overlap"}; {_RECORD % "start"};{sync} '
              f'{body or ":"}\nrc=$?; {_RECORD % "end"};{sync}')
-    return (f'R={shlex.quote(str(results))}; f="$R/w$PPID.log"; '
+    return (f'R={shlex.quote(str(results))}; W=${{QUEUECTL_WORKER_PID:-$PPID}}; '
+            f'f="$R/w$W.log"; '
             f'{{ {inner}\n}} 8>>"$R/locks/$QUEUECTL_JOB_ID"; exit $rc')
+
+
+# Storm jobs sleep 20-200 ms (from the shell's pid: dash has no $RANDOM), long enough that
+# two workers holding one job at once would run it at the same time, where the per-id lock
+# below reports it, rather than back to back.
+STORM_BODY = 'ms=$((20 + $$ % 181)); if [ $ms -lt 100 ]; then sleep 0.0$ms; else sleep 0.$ms; fi'
 
 
 def short_job_command(home, body="", fsync=False):
@@ -77,6 +86,14 @@ def short_job_command(home, body="", fsync=False):
     script = results_dir(home) / "job.sh"
     script.write_text(job_command(script.parent, body, fsync) + "\n")
     return ". results/job.sh"
+
+
+PLANTS_DIR = Path(__file__).resolve().parent / "plants"
+
+
+def plant_env(plant):
+    """Environment that makes a queuectl process start with a planted bug (plants/plantkit)."""
+    return {"PYTHONPATH": str(PLANTS_DIR), "QUEUECTL_TEST_PLANT": plant}
 
 
 def job_lines(ids, command, **fields):
@@ -267,7 +284,8 @@ def index_disagreements(home, scan):
 # ---- the checker ------------------------------------------------------------------------------
 
 HARD_COUNTS = ("lost", "unexpected", "overlapping", "two_states", "unowned_processing",
-               "unparseable", "index_disagreements", "completed_unrun", "malformed_results")
+               "unparseable", "index_disagreements", "completed_unrun", "malformed_results",
+               "unexplained_reruns")
 
 
 @dataclass
@@ -285,6 +303,8 @@ class Report:
     index_disagreements: list = field(default_factory=list)
     completed_unrun: list = field(default_factory=list)
     malformed_results: list = field(default_factory=list)
+    unexplained_reruns: list = field(default_factory=list)
+    dead: list = field(default_factory=list)
     processing: list = field(default_factory=list)
     rejected: list = field(default_factory=list)
     tmp: list = field(default_factory=list)
@@ -319,10 +339,12 @@ class Checker:
         self.spool = self.home / "spool"
         self.results = Path(results) if results else results_dir(home)
 
-    def check(self, acknowledged, submitted=None, index=True):
+    def check(self, acknowledged, submitted=None, index=True, kills=None):
         """acknowledged: ids whose enqueue was acknowledged (printed); submitted: every id a
         producer tried to enqueue (a superset: a killed producer may have published some
-        without printing them). Ran-but-never-submitted is `unexpected`."""
+        without printing them). Ran-but-never-submitted is `unexpected`. kills: the storm's
+        Kill list; given, every re-run of an id must follow a kill of the worker that ran
+        the attempt before it (`unexplained_reruns`)."""
         acknowledged = set(acknowledged)
         allowed = acknowledged | set(submitted or ())
         results = read_results(self.results)
@@ -335,18 +357,109 @@ class Checker:
             acknowledged=len(acknowledged), executions=len(results.executions),
             duplicates=sum(len(r) - 1 for r in runs.values()),
             max_runs_per_id=max((len(r) for r in runs.values()), default=0),
-            lost=sorted(acknowledged - finished),
+            lost=sorted(acknowledged - finished),     # dead/ is reported apart (`dead`)
             unexpected=sorted(set(runs) - allowed),
             overlapping=sorted({o[0] for o in results.overlaps} | _time_overlaps(runs)),
             two_states=sorted(f"{i}: {s}" for i, s in where.items() if len(s) > 1),
             unowned_processing=scan.unowned, unparseable=scan.unparseable,
             completed_unrun=sorted(scan.states["completed"] - ended),
             malformed_results=results.malformed,
+            unexplained_reruns=[] if kills is None else unexplained_reruns(runs, kills),
+            dead=sorted(scan.states["dead"]),
             processing=sorted(scan.states["processing"]), rejected=scan.rejected,
             tmp=scan.tmp, counts={s: len(i) for s, i in scan.states.items()}, runs=runs)
         if index:
             report.index_disagreements = index_disagreements(self.home, scan)
         return report
+
+
+CLOCK_STEP_NS = 10_000_000       # /proc/uptime's resolution: a start is floored to 10 ms
+
+
+CLAIM_TO_START_NS = 2_000_000_000  # a worker may die this long before its job's shell writes
+
+
+def unexplained_reruns(runs, kills):
+    """Executions of an id after the first that no kill explains. The attempt before must
+    have died with its worker: it is the last execution that worker ever started, and the
+    worker (QUEUECTL_WORKER_PID) was killed before this attempt started. The kill may come a little
+    before the attempt before recorded its start (a worker killed right after it forked
+    the job's shell is dead before that shell writes its first line), at most
+    CLAIM_TO_START_NS. Pids are not reused within one test (pid_max is 32768 or more). A
+    rerun without that is a double claim, or a worker that died by itself: a bug."""
+    killed, last_start = {}, {}
+    for kill in kills:
+        killed.setdefault(kill.pid, []).append(kill.ns)
+    for executions in runs.values():
+        for run in executions:
+            last_start[run.worker] = max(last_start.get(run.worker, 0), run.start_ns)
+    found = []
+    for job_id, executions in runs.items():
+        for before, after in zip(executions, executions[1:]):
+            died_with_it = last_start[before.worker] == before.start_ns and any(
+                before.start_ns - CLAIM_TO_START_NS <= t <= after.start_ns + CLOCK_STEP_NS
+                for t in killed.get(before.worker, ()))
+            if not died_with_it:
+                found.append(f"{job_id}: attempt {after.attempt} (worker {after.worker}) "
+                             f"after attempt {before.attempt} (worker {before.worker}, "
+                             f"which was not killed while running it)")
+    return found
+
+
+def index_rows(home):
+    """{id: state} of the index exactly as the workers left it: read straight from
+    data/queue.db, read-only, without the resync that `list` and `status` do first."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{Path(home) / 'data' / 'queue.db'}?mode=ro", uri=True,
+                         timeout=30)
+    try:
+        return dict(db.execute("SELECT id, state FROM jobs"))
+    finally:
+        db.close()
+
+
+def index_lag(home, scan, runs, kills):
+    """Compare the workers' own index rows with a spool scan. A row may lag the spool only
+    where (1) a worker moved the file and was SIGKILLed before its index update: the id's
+    last execution ran in a worker that was killed (its pid is among the kills), and (2) the
+    next `status` or `list` will catch up: the directory now holding the file is one that
+    ingest rescans, because its mtime is not the one recorded at the last look, or was
+    within ingest.RACY_SECONDS of that look (git's racy-index rule). Returns (allowed,
+    unexplained) lists of "id: index X, spool Y"."""
+    rows, looks = index_rows(home), index_looks(home)
+    where = {i: s[0] for i, s in scan.where().items() if len(s) == 1}
+    killed = {kill.pid for kill in kills}
+    allowed, unexplained = [], []
+    for job_id in sorted(set(rows) | set(where)):
+        if rows.get(job_id) == where.get(job_id):
+            continue
+        text = f"{job_id}: index {rows.get(job_id)}, spool {where.get(job_id)}"
+        last = runs.get(job_id, [None])[-1]
+        state = where.get(job_id)
+        if last is not None and last.worker in killed and state and \
+                rescanned(Path(home) / "spool" / state, looks.get(state)):
+            allowed.append(text)
+        else:
+            unexplained.append(text)
+    return allowed, unexplained
+
+
+def index_looks(home):
+    """{dir: (mtime_ns, look_ns)}: what the index's last ingest saw of each directory."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{Path(home) / 'data' / 'queue.db'}?mode=ro", uri=True,
+                         timeout=30)
+    try:
+        return {d: (m, t) for d, m, t in db.execute("SELECT dir, mtime_ns, look_ns FROM looks")}
+    finally:
+        db.close()
+
+
+def rescanned(directory, look):
+    """Will the next ingest rescan this directory? (queuectl.ingest's rule.)"""
+    from queuectl.ingest import RACY_SECONDS
+    mtime = os.stat(directory).st_mtime_ns
+    return not (look and look[0] == mtime and look[1] - mtime > RACY_SECONDS * 1e9)
 
 
 def _time_overlaps(runs):
@@ -388,11 +501,11 @@ def seed_from_env(name="TORTURE_SEED"):
 
 # ---- queuectl processes --------------------------------------------------------------------------
 
-def qctl(home, *args, input=None, timeout=120, check=True, prefix=()):
+def qctl(home, *args, input=None, timeout=120, check=True, prefix=(), env=None):
     """Run the installed `queuectl` for `home`; assert exit 0 unless check=False."""
     proc = subprocess.run([*prefix, QUEUECTL, *map(str, args)], capture_output=True,
                           input=input.encode() if isinstance(input, str) else input,
-                          timeout=timeout, env=queuectl_env(home))
+                          timeout=timeout, env=queuectl_env(home, **(env or {})))
     if check:
         assert proc.returncode == 0, (args, proc.returncode, proc.stdout[-2000:],
                                       proc.stderr[-2000:])
@@ -442,10 +555,11 @@ class Workers:
         self.home = Path(home)
         self.supervisors = []
 
-    def start(self, count, prefix=()):
-        """`queuectl worker start --count N` (optionally behind a wrapper such as unshare);
-        returns the supervisor's pid."""
-        out = qctl(self.home, "worker", "start", "--count", count, prefix=prefix, timeout=60)
+    def start(self, count, prefix=(), env=None):
+        """`queuectl worker start --count N` (optionally behind a wrapper such as unshare,
+        with extra environment such as a test plant); returns the supervisor's pid."""
+        out = qctl(self.home, "worker", "start", "--count", count, prefix=prefix, timeout=60,
+                   env=env)
         pid = int(re.search(r"started supervisor (\d+)", out.stdout).group(1))
         self.supervisors.append(pid)
         return pid
@@ -539,6 +653,7 @@ class Kill:
     at: float
     pid: int
     busy: bool     # the victim held a job's flock (a claim) just before or after the signal
+    ns: int = 0    # clock_ns() just before the signal: the job records' clock
 
 
 class KillStorm(Background):
@@ -564,12 +679,13 @@ class KillStorm(Background):
             return
         pid = self.rng.choice(victims)
         before = flock_owners()
+        at_ns = clock_ns()
         try:
             os.kill(pid, self.signum)
         except ProcessLookupError:
             return
         busy = pid in before or pid in flock_owners()
-        self.kills.append(Kill(time.monotonic(), pid, busy))
+        self.kills.append(Kill(time.monotonic(), pid, busy, at_ns))
 
 
 class PendingWatch(Background):
