@@ -38,3 +38,22 @@ def stream_output(home, job_id, follow=False):
         if not follow or not any(s in RUNNING_STATES for s in states):
             return
         time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def read_tail(home, job_id, offset=None, limit=65536):
+    """(bytes, start, end) of a job's output log: from `offset` (at most `limit` bytes), or
+    the last `limit` bytes when offset is None; (b"", 0, 0) while there is no log. For
+    pollers that follow a log (the dashboard) without holding it open."""
+    if not ID_RE.match(job_id):
+        raise JobNotFound(f"no job with id {job_id!r} in {home.spool_dir}")
+    try:
+        fd = os.open(home.spool.output_path(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0, 0
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit) if offset is None or offset > size else offset
+        data = os.pread(fd, min(limit, size - start), start)
+    finally:
+        os.close(fd)
+    return data, start, start + len(data)

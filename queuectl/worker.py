@@ -52,6 +52,7 @@ class Worker:
         self.next_scan = 0.0
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
+        self.backlog_minute = None
         # Retention is checked the first time the worker is idle, then every minute: a
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
@@ -335,6 +336,11 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+        minute = int(time.time() // 60)
+        if minute != self.backlog_minute:       # one backlog sample a minute for the charts
+            self.backlog_minute = minute
+            self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
+                                   self.clock())
         if self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile)
 
