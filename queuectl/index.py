@@ -258,22 +258,33 @@ class Index:
             args = (lim,)
         return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, args)]
 
-    def page(self, state=None, search=None, after=None, limit=50):
+    def page(self, states, search=None, after=None, limit=50):
         """One page of rows for a browsing UI, by keyset: `after` is the previous page's
-        `page_key` of its last row, so every page costs the same at 100,000 jobs (the
-        order is served by jobs_take_order / jobs_recent). `search` matches a substring of
-        the id or the command. Returns (rows, key of the last row or None at the end)."""
-        cols = ",".join(JOB_COLUMNS)
-        where, args = [], []
-        if state:
-            where.append("state=?")
-            args.append(state)
+        key (page_key of its last row), so a page costs the same at any depth. One state:
+        pending in take order, the others newest first, each served by its index
+        (jobs_take_order, jobs_recent). Several states: each state's newest rows merged,
+        so no query sorts the whole table. `search` matches a substring of the id or the
+        command. Returns (rows, key of the last row, or None when there is no more)."""
+        if len(states) == 1:
+            rows = self._page_of(states[0], search, after, limit + 1)
+        else:
+            rows = sorted((r for state in states
+                           for r in self._page_of(state, search, after, limit + 1,
+                                                  take_order=False)),
+                          key=lambda r: (r["updated_at"] or "", r["id"]), reverse=True)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        key_state = states[0] if len(states) == 1 else None
+        return rows, (page_key(rows[-1], key_state) if more else None)
+
+    def _page_of(self, state, search, after, limit, take_order=True):
+        where, args = ["state=?"], [state]
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%") \
                 .replace("_", "\\_") + "%"
             where.append("(id LIKE ? ESCAPE '\\' OR command LIKE ? ESCAPE '\\')")
             args += [pattern, pattern]
-        if state == "pending":
+        if state == "pending" and take_order:
             order = "priority DESC, due_ts, id"
             if after:
                 where.append("(priority<? OR priority=? AND (due_ts>? OR due_ts=? AND id>?))")
@@ -283,12 +294,9 @@ class Index:
             if after:
                 where.append("(updated_at<? OR updated_at=? AND id<?)")
                 args += [after[0], after[0], after[1]]
-        sql = (f"SELECT {cols} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+        sql = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE {' AND '.join(where)} "
                f"ORDER BY {order} LIMIT ?")
-        rows = [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, (*args, limit + 1))]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (page_key(rows[-1], state) if more else None)
+        return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, (*args, limit))]
 
     def clear_jobs(self):
         self.db.execute("DELETE FROM jobs")

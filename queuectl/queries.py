@@ -40,7 +40,7 @@ def page_jobs(home, state=None, search=None, after=None, limit=50):
     check_state(state)
     if state == "rejected":
         return [_rejected_row(r) for r in home.index.rejected(limit=limit)], None
-    return home.index.page(state, search or None, after, limit)
+    return home.index.page((state,) if state else JOB_STATES, search or None, after, limit)
 
 
 def status(home, workers=()):

@@ -54,11 +54,21 @@ def _fmt_age(seconds):
     return age(seconds)
 
 
+def _fmt_secs(value):
+    """A duration in seconds for people: 12 ms, 4.48 s, 3.2m."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.2f} s" if value < 60 else _fmt_age(value)
+
+
 def make_env():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["when"] = _fmt_time
     env.filters["age"] = _fmt_age
+    env.filters["secs"] = _fmt_secs
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
     return env
 

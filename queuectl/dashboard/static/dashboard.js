@@ -28,7 +28,11 @@
 
   function format(value, fmt) {
     if (fmt === "age") return age(value);
-    if (fmt === "secs") return value == null ? "None" : String(value);
+    if (fmt === "secs") {
+      if (value == null) return "-";
+      if (value < 1) return (value * 1000).toFixed(0) + " ms";
+      return value < 60 ? value.toFixed(2) + " s" : age(value);
+    }
     if (fmt === "paused") return value ? "paused" : "running";
     if (fmt === "length") return String(value.length);
     return value == null ? "-" : String(value);
