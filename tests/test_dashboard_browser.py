@@ -18,6 +18,7 @@ from polling import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 STATES = ("pending", "processing", "failed", "completed", "dead")
 LIVE_MS = 10000
+FLOW = 3          # gated jobs for two workers: each step changes pending, running, done
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_the_printed_url_signs_in_and_the_counts_follow_status_while_jobs_flow(q
     page.evaluate("window.notReloaded = true")
     ids = []
     gates = []
-    for i in range(5):
+    for i in range(FLOW):
         command, path = gate(queue, f"flow-{i}")
         ids.append(queue.enqueue({"id": f"flow-{i}", "command": command}))
         gates.append(path)
@@ -76,7 +77,7 @@ def test_the_printed_url_signs_in_and_the_counts_follow_status_while_jobs_flow(q
 
     def settle(expect_done):
         counts = wait_until(lambda: (lambda c: c if c["completed"] >= expect_done and
-                                     c["processing"] == min(2, 5 - expect_done) else None)(
+                                     c["processing"] == min(2, FLOW - expect_done) else None)(
             queue.status()["counts"]), timeout=15, message=f"{expect_done} done")
         wait_until(lambda: dom_counts(page) == counts, timeout=5,
                    message=f"the page to show {counts} (it shows {dom_counts(page)})")
@@ -134,6 +135,9 @@ def test_actions_reach_the_spool(queue, page, server):
     wait_until(lambda: queue.states(failing) == ["failed"] and
                queue.read(failing, "failed")["attempts"] == 2, timeout=15,
                message="the retried job to run again now")
+    attempts = page.locator("#job-attempts tbody tr")
+    expect(attempts).to_have_count(2, timeout=LIVE_MS)
+    expect(attempts.nth(1)).to_contain_text("exit code 3")
 
     page.goto(f"{server.base}/jobs/{later}")
     page.click("#job-actions button[data-action=cancel]")
@@ -196,7 +200,7 @@ def test_hostile_text_is_shown_as_text(queue, page, server):
                                       "'<script>alert(3)</script>' '<b>bold</b>'"})
     wait_until(lambda: queue.states(bad) == ["dead"] and queue.states(noisy) == ["completed"],
                timeout=15)
-    for path in ("/", "/jobs?q=xss", "/dlq", f"/jobs/{bad}", f"/jobs/{noisy}"):
+    for path in ("/jobs?q=xss", f"/jobs/{bad}", f"/jobs/{noisy}"):
         response = page.goto(server.base + path)
         assert "script-src 'self'" in response.headers["content-security-policy"]
         ticks = int(page.get_attribute("body", "data-ticks") or 0)
@@ -243,10 +247,14 @@ def test_screenshots_of_the_overview_and_a_job_page(queue, page, server, tmp_pat
         image = page.locator(f'img[data-chart="{chart}"]')
         wait_until(lambda: page.evaluate("(img) => img.complete && img.naturalWidth",
                                          image.element_handle()), timeout=5)
-    wait_until(lambda: dom_counts(page)["processing"] == 1, timeout=10)
+    wait_until(lambda: dom_counts(page)["processing"] == 1 and
+               page.inner_text('[data-k="backlog.scheduled"]') == "1" and
+               "busy" in page.inner_text("#workers"), timeout=10)
     _save(page, "dashboard-overview.png", tmp_path)
     page.goto(f"{server.base}/jobs/{running}")
     expect(page.locator("#job-output")).to_contain_text("rows: 1200", timeout=LIVE_MS)
+    expect(page.locator("#job-attempts tbody tr")).to_contain_text("running")
     _save(page, "dashboard-job.png", tmp_path)
     path.touch()
     wait_until(lambda: queue.states(running) == ["completed"], timeout=10)
+    expect(page.locator("#job-attempts tbody tr")).to_contain_text("ok", timeout=LIVE_MS)

@@ -180,7 +180,7 @@ class Dashboard:
         text, start, end = self.board.output(job_id) if info["job"] else ("", 0, 0)
         return self.render(request, "job.html", info=info, job_id=job_id, output=text,
                            output_start=start, output_end=end, page="job",
-                           history=_history(info))
+                           history=_history(info), attempts=self.board.attempts(job_id))
 
     # ---- JSON for the live updates -----------------------------------------------------------
     def api_snapshot(self, request):
@@ -203,6 +203,7 @@ class Dashboard:
         text, start, end = self.board.output(job_id, int(offset) if offset.isdigit() else None)
         return JSONResponse({"id": job_id, "state": info["state"], "job": info["job"],
                              "last_error": info["last_error"], "output": text,
+                             "attempts": self.board.attempts(job_id),
                              "output_start": start, "output_end": end})
 
     def chart(self, request):

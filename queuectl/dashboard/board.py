@@ -82,6 +82,10 @@ class Board:
         data, start, end = output.read_tail(self.home, job_id, offset, OUTPUT_LIMIT)
         return data.decode("utf-8", "replace"), start, end
 
+    def attempts(self, job_id):
+        """The attempts the job's output log records (output.attempts), once per tick."""
+        return self._cached(("attempts", job_id), lambda: output.attempts(self.home, job_id))
+
     def history(self, span):
         seconds, step = RANGES[span]
         return self._cached(("history", span), lambda: metrics.history(

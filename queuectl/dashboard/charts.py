@@ -93,9 +93,16 @@ def line_chart(title, series, x_labels, unit=""):
                 continue
             path.append(f"{pen}{LEFT + j * step:.1f},{TOP + plot_h * (1 - value / top):.1f}")
             pen = "L"
+        colour = COLOURS[i % len(COLOURS)]
         if path:
             body.append(f'<path d="{" ".join(path)}" fill="none" stroke-width="2" '
-                        f'stroke-linejoin="round" stroke="{COLOURS[i % len(COLOURS)]}"/>')
+                        f'stroke-linejoin="round" stroke="{colour}"/>')
+        for j, value in enumerate(values):       # a point with no neighbour: a dot
+            if value is not None and (j == 0 or values[j - 1] is None) and \
+                    (j == len(values) - 1 or values[j + 1] is None):
+                body.append(f'<circle cx="{LEFT + j * step:.1f}" '
+                            f'cy="{TOP + plot_h * (1 - value / top):.1f}" r="3" '
+                            f'fill="{colour}"/>')
     return _svg(title, "".join(body))
 
 

@@ -167,6 +167,31 @@
     tbody.replaceChildren(...out);
   }
 
+  function secs(value) {
+    return format(value, "secs");
+  }
+
+  function renderAttempts(tbody, attempts) {
+    const rows = attempts.map((a) => {
+      const tr = el("tr");
+      tr.appendChild(el("td", a.attempt));
+      tr.appendChild(el("td", when(a.started_at), "when"));
+      tr.appendChild(el("td", a.worker));
+      tr.appendChild(el("td", a.outcome || "running",
+                        a.outcome === "ok" ? "ok" : a.outcome ? "err" : ""));
+      tr.appendChild(el("td", secs(a.duration_s)));
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = el("tr", null, "empty");
+      const td = el("td", "not run yet");
+      td.colSpan = 5;
+      tr.appendChild(td);
+      rows.push(tr);
+    }
+    tbody.replaceChildren(...rows);
+  }
+
   // ---- the job page: state, fields and the output log, followed from an offset ----------
   let offset = Number(body.dataset.offset || 0);
 
@@ -200,6 +225,8 @@
         fields.querySelector("tbody").insertBefore(tr, file ? file.parentNode : null);
       }
     }
+    const attempts = document.querySelector("#job-attempts tbody");
+    if (attempts && data.attempts) renderAttempts(attempts, data.attempts);
     const out = document.getElementById("job-output");
     if (out && data.output_end > offset) {
       if (data.output_start > offset) out.textContent = "";
