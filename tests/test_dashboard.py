@@ -4,16 +4,18 @@ rules in-process (token, cookie, CSRF, read-only, origin), the charts, and the l
 at 100,000 jobs measured by the app's own Server-Timing header."""
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():       # newer Starlette prefers httpx2; httpx still works
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from starlette.testclient import TestClient  # noqa: E402
 
 from conftest import QUEUECTL, queuectl_env  # noqa: E402
 from queuectl import job as jobmod  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from dashkit import TOKEN, Queue, Server, browser  # noqa: F401  (browser is a fixture)
+from dashkit import Queue, Server, browser  # noqa: F401  (browser is a fixture)
 from polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 charts and the operator actions. Reads and actions go through `Board`, which calls the
 same library functions as the CLI.
 
-Security, all in this module:
+Security (the checks here, the middleware in guard.py):
 - Every route but /static needs the token: `?token=` once (exchanged for an HttpOnly,
   SameSite=Strict cookie and a redirect that drops it from the URL), or the cookie, or an
   `Authorization: Bearer` header. Wrong or missing: 401 and nothing is done.
@@ -18,7 +18,6 @@ import hmac
 import json
 import os
 import secrets
-import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
@@ -31,11 +30,9 @@ from .. import job as jobmod
 from ..queries import LIST_STATES
 from . import charts
 from .board import RANGES, Board
+from .guard import COOKIE, Guard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COOKIE = "queuectl_dashboard"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 ACTIONS = ("retry", "cancel", "dlq-retry", "pause", "resume")
 PAGE_SIZE = 50
 STATE_TITLES = {"pending": "Pending", "processing": "Running", "failed": "Failed",
@@ -251,57 +248,6 @@ def _history(info):
     if not isinstance(history, list):
         return []
     return [h for h in history if isinstance(h, dict)]
-
-
-class Guard:
-    """ASGI middleware: the token check for every route but /static, the token-for-cookie
-    exchange, the security headers and a Server-Timing header with the server's time."""
-
-    def __init__(self, app, dashboard):
-        self.app = app
-        self.dashboard = dashboard
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from starlette.requests import Request
-        started = time.perf_counter()
-        request = Request(scope)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                elapsed = (time.perf_counter() - started) * 1000
-                for name, value in (("content-security-policy", CSP),
-                                    ("x-content-type-options", "nosniff"),
-                                    ("referrer-policy", "no-referrer"),
-                                    ("x-frame-options", "DENY"),
-                                    ("server-timing", f"app;dur={elapsed:.1f}")):
-                    headers.append((name.encode(), value.encode()))
-            await send(message)
-
-        path = scope["path"]
-        given = request.query_params.get("token")
-        if given is not None and request.method == "GET":
-            response = self._exchange(request, given)
-        elif path.startswith("/static/") or self.dashboard.authorised(request) or \
-                request.method == "POST":      # POSTs are checked with their form
-            return await self.app(scope, receive, send_with_headers)
-        else:
-            response = self.dashboard.refuse(
-                request, 401, "not signed in: open the URL that queuectl dashboard printed "
-                "(it carries the token)")
-        await response(scope, receive, send_with_headers)
-
-    def _exchange(self, request, given):
-        if not hmac.compare_digest(given.encode(), self.dashboard.token.encode()):
-            return self.dashboard.refuse(request, 401, "wrong token")
-        query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        target = request.url.path + ("?" + urlencode(query) if query else "")
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, self.dashboard.token, httponly=True, samesite="strict",
-                            path="/")
-        return response
 
 
 def create_app(home, token, read_only=False):
