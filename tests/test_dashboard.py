@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 with warnings.catch_warnings():       # newer Starlette prefers httpx2; httpx still works
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient  # noqa: E402
 
 from conftest import QUEUECTL, queuectl_env  # noqa: E402
