@@ -4,6 +4,7 @@ rules in-process (token, cookie, CSRF, read-only, origin), the charts, and the l
 at 100,000 jobs measured by the app's own Server-Timing header."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -138,6 +139,16 @@ def test_actions_need_csrf_a_same_site_origin_and_a_writable_dashboard(qhome, cl
                         headers={"Accept": "application/json"})
     assert wrong.status_code == 409 and "only failed jobs" in wrong.json()["message"]
 
+    cli("enqueue", '{"id": "j3", "command": "echo hi"}')
+    cli("cancel", "j3")
+    cli("enqueue", '{"id": "j4", "command": "echo hi"}')
+    cli("cancel", "j4")
+    assert 'data-action="dlq-retry-all"' in client.get("/dlq").text
+    every = client.post("/actions/dlq-retry-all", data={"csrf": csrf},
+                        headers={"Accept": "application/json"})
+    assert every.json() == {"ok": True, "message": "2 of 2 dead jobs moved to pending"}
+    assert spool.find("j3") == ["pending"] and spool.find("j4") == ["pending"]
+
     readonly = _signed_in(_client(qhome, read_only=True))
     page = readonly.get("/jobs/j2").text
     assert "read-only" in page and 'action="/actions/' not in page
@@ -216,11 +227,13 @@ def measure_list_pages(home, count):
         response = client.get(path)
         assert response.status_code == 200
         timings[what] = server_ms(response)
-        if what == "completed":
-            page2 = client.get("/jobs" + re.search(r'href="(\?[^"]*after=[^"]*)" id="next-page"',
-                                                   response.text)[1].replace("&amp;", "&"))
-            assert page2.status_code == 200 and "page 2" in page2.text
-            timings["completed-page2"] = server_ms(page2)
+        link = re.search(r'href="(\?[^"]*after=[^"]*)" id="next-page"', response.text)
+        if link and not what.startswith("search"):
+            second = client.get(("/dlq" if what == "dead" else "/jobs") +
+                                link[1].replace("&amp;", "&"))
+            assert second.status_code == 200 and "page 2" in second.text
+            timings[what + "-page2"] = server_ms(second)
+    assert any(k.endswith("-page2") for k in timings), timings
     assert "job-099999" in client.get("/jobs?q=item+99999").text
     api = client.get("/api/jobs?state=pending")
     assert len(api.json()["rows"]) == appmod.PAGE_SIZE and api.json()["more"]
@@ -245,24 +258,28 @@ def assert_fast(timings):
     it is reported, and only held to a loose bound, since it varies with the machine's load."""
     pages = {k: v for k, v in timings.items() if not k.startswith("search")}
     assert max(pages.values()) < 300, timings
-    assert max(timings["search"], timings["search-miss"]) < 2000, timings
+    assert max(timings["search"], timings["search-miss"]) < 3000, timings
 
 
 @pytest.mark.stress
 def test_list_pages_at_100k_job_files_answer_within_300ms(qhome, capsys):
-    """The same with 100,000 real job files, published in batches and indexed by reindex."""
-    from queuectl import ingest, lifecycle
+    """The same with 100,000 real job files (written into the state directories as a tool
+    would drop them, a quarter in each of four states) indexed by `reindex`."""
+    from queuectl import ingest
     started = time.perf_counter()
-    now = time.time()
-    for batch in range(100):
-        docs = [lifecycle.prepare(qhome, {"id": f"job-{batch:03d}{i:03d}",
-                                          "command": f"python3 task.py --item {i}"}, now)
-                for i in range(1000)]
-        lifecycle.publish(qhome, docs, now)
+    qhome.spool.ensure_layout()
+    states = ("pending", "completed", "dead", "failed")
+    for i in range(100_000):
+        doc = {"id": f"job-{i:06d}", "command": f"python3 task.py --item {i}",
+               "created_at": jobmod.iso(started - 100_000 + i)}
+        path = os.path.join(qhome.spool.dir(states[i % 4]), f"job-{i:06d}.json")
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    written = time.perf_counter() - started
     ingest.reindex(qhome)
     built = time.perf_counter() - started
     timings = measure_list_pages(qhome, 100_000)
     with capsys.disabled():
-        print(f"\n[dashboard 100k job files built in {built:.1f}s] server ms: " +
-              json.dumps(timings))
+        print(f"\n[dashboard 100k job files written in {written:.1f}s, reindexed by "
+              f"{built:.1f}s] server ms: " + json.dumps(timings))
     assert_fast(timings)

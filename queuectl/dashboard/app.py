@@ -33,7 +33,8 @@ from .board import RANGES, Board
 from .guard import COOKIE, Guard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ACTIONS = ("retry", "cancel", "dlq-retry", "pause", "resume")
+ACTIONS = ("retry", "cancel", "dlq-retry", "dlq-retry-all", "pause", "resume")
+WITHOUT_ID = ("dlq-retry-all", "pause", "resume")
 PAGE_SIZE = 50
 STATE_TITLES = {"pending": "Pending", "processing": "Running", "failed": "Failed",
                 "completed": "Completed", "dead": "Dead letter queue", "rejected": "Rejected"}
@@ -220,8 +221,7 @@ class Dashboard:
             return self.refuse(request, *refusal)
         name = request.path_params["name"]
         job_id = str(form.get("id", ""))
-        if name not in ACTIONS or (name not in ("pause", "resume") and
-                                   not jobmod.ID_RE.match(job_id)):
+        if name not in ACTIONS or (name not in WITHOUT_ID and not jobmod.ID_RE.match(job_id)):
             return self.refuse(request, 400, f"bad action {name!r} or job id")
         from starlette.concurrency import run_in_threadpool
         ok, message = await run_in_threadpool(self.board.act, name, job_id or None)

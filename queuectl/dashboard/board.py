@@ -103,6 +103,11 @@ class Board:
                     self.home.spool.set_paused(action == "pause")
                     return True, "paused: workers claim nothing until resumed" \
                         if action == "pause" else "resumed"
+                if action == "dlq-retry-all":
+                    outcomes = control.dlq_retry(self.home, None)
+                    moved = sum(o.ok for o in outcomes)
+                    return moved == len(outcomes), \
+                        f"{moved} of {len(outcomes)} dead jobs moved to pending"
                 outcome = calls[action]()[0]
                 return outcome.ok, f"{job_id}: {outcome.message}"
             except QueueError as exc:
