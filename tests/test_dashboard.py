@@ -101,6 +101,10 @@ def test_every_page_needs_the_token(qhome, cli):
     assert client.get("/static/dashboard.js").status_code == 200
     bearer = client.get("/api/snapshot", headers={"Authorization": f"Bearer {TOKEN}"})
     assert bearer.status_code == 200 and bearer.json()["jobs"]["pending"] == 1
+    client.app.dashboard.board.tick = 60        # every page polling within one tick ...
+    again = client.get("/api/snapshot", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.json() == bearer.json()        # ... shares one snapshot
+    client.app.dashboard.board.tick = 1.0
     _signed_in(client)
     for path in ("/", "/jobs", "/dlq", "/jobs/j1", "/jobs?state=pending&q=j", "/api/jobs/j1"):
         assert client.get(path).status_code == 200, path

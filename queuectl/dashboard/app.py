@@ -30,7 +30,7 @@ from .. import job as jobmod
 from ..queries import LIST_STATES
 from . import charts
 from .board import RANGES, Board
-from .guard import COOKIE, Guard
+from .guard import Guard, cookie_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTIONS = ("retry", "cancel", "dlq-retry", "dlq-retry-all", "pause", "resume")
@@ -100,10 +100,11 @@ class Dashboard:
         self.csrf = hmac.new(secrets.token_bytes(32), token.encode(),
                              hashlib.sha256).hexdigest()
         self.env = make_env()
+        self.cookie = cookie_name(token)
 
     # ---- authentication -------------------------------------------------------------------
     def authorised(self, request):
-        given = request.cookies.get(COOKIE, "")
+        given = request.cookies.get(self.cookie, "")
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             given = header[7:].strip()

@@ -5,6 +5,7 @@ Content-Security-Policy without inline script) and a Server-Timing header with t
 the server spent. POSTs pass through to the action handler, which checks the token and the
 CSRF token together (Dashboard.check_post)."""
 
+import hashlib
 import hmac
 import time
 from urllib.parse import urlencode
@@ -12,11 +13,17 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-COOKIE = "queuectl_dashboard"
+COOKIE_PREFIX = "queuectl_dashboard_"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 HEADERS = (("content-security-policy", CSP), ("x-content-type-options", "nosniff"),
            ("referrer-policy", "no-referrer"), ("x-frame-options", "DENY"))
+
+
+def cookie_name(token):
+    """The cookie's name, one per token: cookies ignore ports, so two dashboards on one host
+    must not overwrite each other's sign-in."""
+    return COOKIE_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 class Guard:
@@ -60,6 +67,6 @@ class Guard:
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
         target = request.url.path + ("?" + urlencode(query) if query else "")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, self.dashboard.token, httponly=True, samesite="strict",
+        response.set_cookie(self.dashboard.cookie, self.dashboard.token, httponly=True, samesite="strict",
                             path="/")
         return response
