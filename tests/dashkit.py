@@ -56,6 +56,12 @@ class Queue:
         return [s for s in ("pending", "processing", "failed", "completed", "dead")
                 if (self.spool / s / f"{job_id}.json").exists()]
 
+    def ids(self, state):
+        try:
+            return [n[:-5] for n in os.listdir(self.spool / state) if n.endswith(".json")]
+        except FileNotFoundError:
+            return []
+
     def read(self, job_id, state):
         return json.loads((self.spool / state / f"{job_id}.json").read_bytes())
 

@@ -67,6 +67,7 @@ def dom_counts(page):
 
 def test_the_printed_url_signs_in_and_the_counts_follow_status_while_jobs_flow(queue, page):
     page.evaluate("window.notReloaded = true")
+    base = queue.status()["counts"]
     ids = []
     gates = []
     for i in range(FLOW):
@@ -75,10 +76,13 @@ def test_the_printed_url_signs_in_and_the_counts_follow_status_while_jobs_flow(q
         gates.append(path)
     seen = []
 
-    def settle(expect_done):
-        counts = wait_until(lambda: (lambda c: c if c["completed"] >= expect_done and
-                                     c["processing"] == min(2, FLOW - expect_done) else None)(
-            queue.status()["counts"]), timeout=15, message=f"{expect_done} done")
+    def settle(done):
+        running = min(2, FLOW - done)
+        wait_until(lambda: [len(queue.ids(s)) for s in ("processing", "completed")] ==
+                   [running, base["completed"] + done], timeout=15,
+                   message=f"{done} done and {running} running")
+        counts = queue.status()["counts"]
+        assert counts["processing"] == running
         wait_until(lambda: dom_counts(page) == counts, timeout=5,
                    message=f"the page to show {counts} (it shows {dom_counts(page)})")
         seen.append(counts)
@@ -234,7 +238,7 @@ def _save(page, name, tmp_path):
 
 
 def test_screenshots_of_the_overview_and_a_job_page(queue, page, server, tmp_path):
-    done = [queue.enqueue({"id": f"shot-{i}", "command": f"echo step {i}; sleep 0.{i}"})
+    done = [queue.enqueue({"id": f"shot-{i}", "command": f"echo step {i}; sleep 0.0{i}"})
             for i in range(6)]
     command, path = gate(queue, "shot-running")
     running = queue.enqueue({"id": "report-nightly", "command":
