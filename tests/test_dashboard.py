@@ -290,3 +290,37 @@ def test_list_pages_at_100k_job_files_answer_within_300ms(qhome, capsys):
         print(f"\n[dashboard 100k job files written in {written:.1f}s, reindexed by "
               f"{built:.1f}s] server ms: " + json.dumps(timings))
     assert_fast(timings)
+
+
+# ---- the server process ------------------------------------------------------------------------
+
+def test_the_server_prints_its_url_serves_and_stops_on_ctrl_c(home, cli):
+    import signal
+    import urllib.request
+    from dashkit import Server
+    cli("enqueue", '{"id": "served", "command": "echo hi"}')
+    server = Server(home, "--read-only", token=TOKEN)
+    try:
+        assert server.lines[0] == f"queuectl dashboard for {home} (read-only)\n"
+        assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/\?token={TOKEN}", server.url)
+        request = urllib.request.Request(server.base + "/api/snapshot",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            snapshot = json.load(response)
+        assert snapshot["jobs"]["pending"] == 1 and snapshot["read_only"] is True
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(10) == 0
+        assert "Traceback" not in server.proc.stderr.read().decode()
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_a_clear_error(cli):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = cli("dashboard", "--port", port, "--token", TOKEN)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"

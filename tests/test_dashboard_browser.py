@@ -150,6 +150,14 @@ def test_actions_reach_the_spool(queue, page, server):
     assert queue.read(later, "dead")["last_error"] == "cancelled"
     expect(page.locator("#job-state")).to_have_text("dead", timeout=LIVE_MS)
 
+    command, _ = gate(queue, "never-opened")
+    running = queue.enqueue({"id": "act-running", "command": command})
+    wait_until(lambda: queue.states(running) == ["processing"], timeout=15)
+    page.goto(f"{server.base}/jobs/{running}")
+    page.click("#job-actions button[data-action=cancel]")
+    expect(page.locator("#flash")).to_contain_text("killed and cancelled")
+    assert queue.states(running) == ["dead"]
+
     page.goto(f"{server.base}/dlq")
     page.click(f'tr[data-id="{later}"] button[data-action=dlq-retry]')
     expect(page.locator("#flash")).to_contain_text("moved to pending")

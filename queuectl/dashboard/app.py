@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import job as jobmod
 from ..queries import LIST_STATES
+from ..render import age
 from . import charts
 from .board import RANGES, Board
 from .guard import Guard, cookie_name
@@ -47,25 +48,20 @@ def _fmt_time(value):
     return "-" if value is None else value
 
 
-def _fmt_age(seconds):
-    from ..render import age
-    return age(seconds)
-
-
 def _fmt_secs(value):
     """A duration in seconds for people: 12 ms, 4.48 s, 3.2m."""
     if value is None:
         return "-"
     if value < 1:
         return f"{value * 1000:.0f} ms"
-    return f"{value:.2f} s" if value < 60 else _fmt_age(value)
+    return f"{value:.2f} s" if value < 60 else age(value)
 
 
 def make_env():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["when"] = _fmt_time
-    env.filters["age"] = _fmt_age
+    env.filters["age"] = age
     env.filters["secs"] = _fmt_secs
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
     return env
@@ -114,6 +110,8 @@ class Dashboard:
         """None if a POST may act, else the refusal (status, message)."""
         if not self.authorised(request):
             return 401, "not signed in: open the URL that queuectl dashboard printed"
+        # Our own forms arrive with "Origin: null" (the pages' Referrer-Policy is
+        # no-referrer); the CSRF token and the SameSite cookie are what guard those.
         origin = request.headers.get("origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
             return 403, "refused: the request came from another site"

@@ -3,14 +3,16 @@ it takes through the CLI's calls too. No web code here.
 
 Cheap for the server however many pages are open: every read is cached for one tick (a
 second), so all pages polling the snapshot share one ingest and one metrics query per tick.
-One lock serialises the index: the web server calls in from several threads and the sqlite
-connection is shared."""
+One lock serialises the reads (the web server calls in from several threads and they share
+one sqlite connection). Actions use a second Home (their own connection) under their own
+lock, so a cancel waiting for a running job to die never holds up the pages."""
 
 import threading
 import time
 
 from .. import control, metrics, output, queries
 from ..errors import JobNotFound, QueueError
+from ..home import Home
 from ..ingest import ingest
 
 TICK_SECONDS = 1.0
@@ -27,6 +29,8 @@ class Board:
         self.tick = tick
         self.lock = threading.RLock()
         self._cache = {}
+        self.actor = Home(home.home, home.spool_dir, home.data_dir)
+        self.act_lock = threading.Lock()
 
     # ---- the tick cache -------------------------------------------------------------------
     def _cached(self, key, compute, ttl=None):
@@ -93,18 +97,19 @@ class Board:
 
     # ---- actions (the CLI's calls) ----------------------------------------------------------
     def act(self, action, job_id=None):
-        """Run an operator action; returns (ok, message)."""
-        calls = {"retry": lambda: control.retry_now(self.home, [job_id]),
-                 "cancel": lambda: control.cancel(self.home, [job_id], running=True),
-                 "dlq-retry": lambda: control.dlq_retry(self.home, [job_id])}
-        with self.lock:
+        """Run an operator action through the CLI's call; returns (ok, message)."""
+        home = self.actor
+        calls = {"retry": lambda: control.retry_now(home, [job_id]),
+                 "cancel": lambda: control.cancel(home, [job_id], running=True),
+                 "dlq-retry": lambda: control.dlq_retry(home, [job_id])}
+        with self.act_lock:
             try:
                 if action in ("pause", "resume"):
-                    self.home.spool.set_paused(action == "pause")
+                    home.spool.set_paused(action == "pause")
                     return True, "paused: workers claim nothing until resumed" \
                         if action == "pause" else "resumed"
                 if action == "dlq-retry-all":
-                    outcomes = control.dlq_retry(self.home, None)
+                    outcomes = control.dlq_retry(home, None)
                     moved = sum(o.ok for o in outcomes)
                     return moved == len(outcomes), \
                         f"{moved} of {len(outcomes)} dead jobs moved to pending"

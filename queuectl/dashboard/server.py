@@ -65,4 +65,7 @@ def serve(home, host, port, token=None, read_only=False, announce=print):
     announce("Ctrl-C stops it")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:     # uvicorn stops gracefully, then re-raises Ctrl-C: done
+        pass
