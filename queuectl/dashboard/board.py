@@ -29,6 +29,7 @@ class Board:
         self.tick = tick
         self.lock = threading.RLock()
         self._cache = {}
+        self._backlog_minute = None
         self.actor = Home(home.home, home.spool_dir, home.data_dir)
         self.act_lock = threading.Lock()
 
@@ -60,8 +61,11 @@ class Board:
             self._cache[("ingest",)] = (time.monotonic(), None)    # report() ingested
             report["ages"] = metrics.age_buckets(self.home)
             report["read_only"] = self.read_only
-            self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
-                                   self.home.clock())
+            minute = int(self.home.clock() // 60)
+            if minute != self._backlog_minute:     # one sample a minute, as workers offer
+                self._backlog_minute = minute
+                self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
+                                       self.home.clock())
             return report
         return self._cached(("snapshot",), compute)
 
