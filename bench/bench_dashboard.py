@@ -49,7 +49,7 @@ def fetch(base, path):
                              "100,000 jobs (server time and wall time)")
 def bench_dashboard(ctx):
     try:
-        import starlette  # noqa: F401
+        import starlette  # noqa: F401  (the web extra)
     except ImportError:
         ctx.note("skipped: the web extra is not installed (pip install 'queuectl[web]')")
         return

@@ -43,3 +43,7 @@ class Timeout(QueueError):
     """A wait ran out of time (the CLI exits 124 for it)."""
 
     exit_code = 124
+
+
+class IndexUnusable(QueueError):
+    """The index cannot be opened or written even after setting the broken files aside."""

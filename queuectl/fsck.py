@@ -1,8 +1,8 @@
 """fsck: check the spool's invariants the way `postsuper -s` checks Postfix's queue, and with
 repair fix what is safe. Checks: unowned files in processing/ (leftovers and orphans), ids in
-two state directories, stale files in tmp/, files that are not jobs where jobs should be, and
-index rows that disagree with the spool. Repairs go through lifecycle (recover, reject) and
-reindex, so fsck never invents a state change of its own."""
+two state directories, stale files in tmp/, files that are not jobs where jobs should be,
+stale cancel markers, and index rows that disagree with the spool. Repairs go through
+lifecycle (recover, reject) and reindex, so fsck never invents a state change of its own."""
 
 import os
 from dataclasses import dataclass
@@ -121,6 +121,18 @@ def _check_files(home, repair, now, problems):
                 problems.append(problem)
 
 
+def _check_cancel_markers(home, repair, problems):
+    """Cancel markers (processing/.<id>.cancel) that target no running attempt: left by a
+    `cancel --running` that was killed. They can never fire (a marker names its attempt),
+    but they are litter; repair deletes them."""
+    for job_id, why in sorted(home.spool.stale_cancels().items()):
+        problem = Problem("stale-cancel", f"processing/.{job_id}.cancel", why)
+        if repair:
+            home.spool.clear_cancel(job_id)
+            problem.fixed = "deleted"
+        problems.append(problem)
+
+
 def _check_index(home, problems):
     """Index rows with no file, and files with no (or a wrong) row. Compared without
     ingesting first, so fsck reports what the index really holds."""
@@ -147,6 +159,7 @@ def fsck(home, repair=False):
     _check_duplicates(home, repair, now, problems)
     _check_tmp(home, repair, now, problems)
     _check_files(home, repair, now, problems)
+    _check_cancel_markers(home, repair, problems)
     index_problems = []
     _check_index(home, index_problems)
     if repair and index_problems:
