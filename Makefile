@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unprivileged demo bench bench-hotpath profile stress clean
+.PHONY: test test-unprivileged demo dashboard bench bench-hotpath profile stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,web]'
 	touch $(STAMP)
 
 # As root, a second pass runs the permission-sensitive tests as an unprivileged user.
@@ -26,6 +26,9 @@ stress: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+dashboard: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/dashboard-demo.sh
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py

@@ -44,6 +44,7 @@ import bench_submit  # noqa: F401  (registers enqueue_cli, batch_enqueue_10k)
 import bench_reads  # noqa: F401  (registers status_list_100k, reindex_100k)
 import bench_workers  # noqa: F401  (pickup, throughput, memory, metrics_100k, heartbeat_cost)
 import bench_hotpath  # noqa: F401  (hotpath: issue 9, side by side with task-spooler)
+import bench_dashboard  # noqa: F401  (dashboard_100k)
 from harness import BENCHMARKS, CommandFailed, Context
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -726,6 +726,32 @@ def worker_run(ctx):
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; a non-loopback address needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--read-only", is_flag=True, help="Show the queue but offer no actions.")
+@click.option("--token", envvar="QUEUECTL_DASHBOARD_TOKEN",
+              help="Access token (default: $QUEUECTL_DASHBOARD_TOKEN, else a random one).")
+@click.pass_context
+def dashboard(ctx, host, port, read_only, token):
+    """Serve a web dashboard of this queue: counts, workers, charts, job
+    lists and pages with live output, and (unless --read-only) retry,
+    cancel and pause. Prints the URL to open; it carries the access token.
+    Needs the web extra: pip install 'queuectl[web]'.
+
+    \b
+    Examples:
+      queuectl dashboard
+      queuectl dashboard --port 9000 --read-only
+      queuectl dashboard --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    from .dashboard import load_server
+    server = load_server()        # the web libraries load here, never on enqueue's path
+    server.serve(_home(ctx), host, port, token, read_only, announce=click.echo)
+
+
+@main.command()
 @click.argument("job_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job finishes.")
 @click.pass_context

@@ -16,7 +16,7 @@ from .job import parse_time
 
 log = logging.getLogger("queuectl")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4      # 3: jobs.version; 4: the backlog table (created by SCHEMA)
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
                "updated_at", "finished_at", "attempts", "max_retries", "timeout",
                "exit_code", "last_error", "duration_s")
@@ -53,8 +53,12 @@ CREATE INDEX IF NOT EXISTS timings_by_time ON timings(finished_ts);
 CREATE TABLE IF NOT EXISTS per_minute (
   minute INTEGER NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (minute, outcome)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS backlog (
+  minute INTEGER PRIMARY KEY, ready INTEGER, scheduled INTEGER, processing INTEGER,
+  failed INTEGER, dead INTEGER);
 """
 TIMINGS_KEPT = 20000
+MINUTES_KEPT = 1440      # per-minute buckets and backlog samples: one day
 # How long creating the schema waits for other connections. A new, empty file is only ever
 # open elsewhere for an instant; one that stays locked is a database emptied or replaced
 # under live connections (a truncated queue.db beside a live -wal), set aside and recreated.
@@ -74,6 +78,13 @@ def _version(job):
         return parse_time(job.get("updated_at"))
     except (ValueError, OverflowError):
         return 0.0
+
+
+def page_key(row, state):
+    """Where a page that ends with `row` stops, in the order Index.page lists `state`."""
+    if state == "pending":
+        return (row["priority"], row["due_ts"], row["id"])
+    return (row["updated_at"] or "", row["id"])
 
 
 class Index:
@@ -281,6 +292,46 @@ class Index:
             args = (lim,)
         return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, args)]
 
+    def page(self, states, search=None, after=None, limit=50):
+        """One page of rows for a browsing UI, by keyset: `after` is the previous page's
+        key (page_key of its last row), so a page costs the same at any depth. One state:
+        pending in take order, the others newest first, each served by its index
+        (jobs_take_order, jobs_recent). Several states: each state's newest rows merged,
+        so no query sorts the whole table. `search` matches a substring of the id or the
+        command. Returns (rows, key of the last row, or None when there is no more)."""
+        if len(states) == 1:
+            rows = self._page_of(states[0], search, after, limit + 1)
+        else:
+            rows = sorted((r for state in states
+                           for r in self._page_of(state, search, after, limit + 1,
+                                                  take_order=False)),
+                          key=lambda r: (r["updated_at"] or "", r["id"]), reverse=True)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        key_state = states[0] if len(states) == 1 else None
+        return rows, (page_key(rows[-1], key_state) if more else None)
+
+    def _page_of(self, state, search, after, limit, take_order=True):
+        where, args = ["state=?"], [state]
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%") \
+                .replace("_", "\\_") + "%"
+            where.append("(id LIKE ? ESCAPE '\\' OR command LIKE ? ESCAPE '\\')")
+            args += [pattern, pattern]
+        if state == "pending" and take_order:
+            order = "priority DESC, due_ts, id"
+            if after:
+                where.append("(priority<? OR priority=? AND (due_ts>? OR due_ts=? AND id>?))")
+                args += [after[0], after[0], after[1], after[1], after[2]]
+        else:
+            order = "updated_at DESC, id DESC"
+            if after:
+                where.append("(updated_at<? OR updated_at=? AND id<?)")
+                args += [after[0], after[0], after[1]]
+        sql = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE {' AND '.join(where)} "
+               f"ORDER BY {order} LIMIT ?")
+        return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, (*args, limit))]
+
     def clear_jobs(self):
         self.db.execute("DELETE FROM jobs")
         self.db.execute("DELETE FROM rejected")
@@ -360,7 +411,22 @@ class Index:
             if cur.lastrowid % 1000 == 0:     # prune now and then, not on every job
                 self.db.execute("DELETE FROM timings WHERE seq <= ?",
                                 (cur.lastrowid - TIMINGS_KEPT,))
-                self.db.execute("DELETE FROM per_minute WHERE minute < ?", (minute - 1440,))
+                self.db.execute("DELETE FROM per_minute WHERE minute < ?",
+                                (minute - MINUTES_KEPT,))
+
+    def record_backlog(self, minute, ready, scheduled, counts):
+        """One backlog sample per minute (the first one taken in that minute wins, so any
+        number of workers may offer one)."""
+        self.db.execute("INSERT OR IGNORE INTO backlog VALUES (?,?,?,?,?,?)",
+                        (minute, ready, scheduled, counts.get("processing", 0),
+                         counts.get("failed", 0), counts.get("dead", 0)))
+        if minute % 60 == 0:
+            self.db.execute("DELETE FROM backlog WHERE minute < ?", (minute - MINUTES_KEPT,))
+
+    def backlog(self, since_minute):
+        cols = ("minute", "ready", "scheduled", "processing", "failed", "dead")
+        return [dict(zip(cols, r)) for r in self.db.execute(
+            "SELECT * FROM backlog WHERE minute >= ? ORDER BY minute", (since_minute,))]
 
     def per_minute(self, since_minute):
         return self.db.execute("SELECT minute, outcome, n FROM per_minute WHERE minute >= ?",

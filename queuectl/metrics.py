@@ -119,8 +119,54 @@ def _worker(row):
 def ages(home):
     """Ready jobs per age bucket (like Postfix's qshape), oldest buckets last."""
     ingest(home)
+    return age_buckets(home)
+
+
+def age_buckets(home):
+    """ages() without the ingest, for a caller that has just ingested."""
     counts = home.index.ready_ages(home.clock(), AGE_EDGES)
     return [{"age": label, "ready": counts.get(i, 0)} for i, label in enumerate(AGE_LABELS)]
+
+
+def record_backlog(home, now):
+    """Offer this minute's backlog sample (ready, scheduled, processing, failed, dead) for
+    the backlog picture; workers call it once a minute (the first offer of a minute wins)."""
+    counts = home.index.counts()
+    ready, scheduled, _ = home.index.ready_summary(now)
+    home.index.record_backlog(int(now // 60), ready, scheduled, counts)
+
+
+def history(home, now, span_s, step_s):
+    """Series over the last span_s seconds in buckets of step_s (a multiple of 60): jobs
+    completed and failed per minute (from the per-minute buckets, kept a day), the backlog
+    (the last sample in each bucket, None where none was taken) and queue wait / run time
+    p50 and p95 (from the recent timings window, None where it has nothing)."""
+    per = step_s // 60
+    first = int(now // 60) - span_s // 60 + 1
+    count = -(-(span_s // 60) // per)
+    series = {k: [0] * count for k in ("completed", "failed")}
+    for minute, outcome, n in home.index.per_minute(first):
+        i = (minute - first) // per
+        if outcome in series and 0 <= i < count:
+            series[outcome][i] += n / per
+    for key in ("ready", "scheduled", "processing"):
+        series[key] = [None] * count
+    for row in home.index.backlog(first):
+        i = (row["minute"] - first) // per
+        if 0 <= i < count:
+            for key in ("ready", "scheduled", "processing"):
+                series[key][i] = row[key]
+    waits, runs = [[] for _ in range(count)], [[] for _ in range(count)]
+    for ts, outcome, wait_s, run_s in home.index.timings(first * 60):
+        i = int(ts // 60 - first) // per
+        if outcome != "requeued" and 0 <= i < count:
+            waits[i].extend([wait_s] if wait_s is not None else [])
+            runs[i].extend([run_s] if run_s is not None else [])
+    for name, buckets in (("wait", waits), ("run", runs)):
+        for q in (50, 95):
+            series[f"{name}_p{q}"] = [percentile(b, q) for b in buckets]
+    series.update(start=first * 60, step=step_s, count=count)
+    return series
 
 
 def worker_rows(home):

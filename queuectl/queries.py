@@ -59,6 +59,15 @@ def _resolve(home, job_id):
     return matches[0] if matches else job_id
 
 
+def page_jobs(home, state=None, search=None, after=None, limit=50):
+    """One page of job rows for browsing (no ingest: the caller ingests on its own
+    schedule); see Index.page for the order and the `after` key."""
+    check_state(state)
+    if state == "rejected":
+        return [_rejected_row(r) for r in home.index.rejected(limit=limit)], None
+    return home.index.page((state,) if state else JOB_STATES, search or None, after, limit)
+
+
 def status(home, workers=()):
     """Counts per state, ready vs scheduled, oldest ready age, paths and workers."""
     ingest(home)
@@ -95,6 +104,11 @@ def worker_summary(workers, now):
 def show(home, job_id):
     """Everything known about one job: the file's fields, its state and path, last error."""
     ingest(home)
+    return describe(home, job_id)
+
+
+def describe(home, job_id):
+    """show() without the ingest, for a caller that ingests on its own schedule."""
     states = home.spool.find(job_id) if jobmod.ID_RE.match(job_id) else []
     # A copy in processing/ beside another state is the leftover of a finish (the job has
     # moved on): show the state it moved to, and processing/ under also_in.

@@ -55,6 +55,7 @@ class Worker:
         self.next_recovery = 0.0
         self.next_heartbeat = 0.0
         self._stats = (None, None)     # the last CPU and memory figures (quick beats reuse them)
+        self.backlog_minute = None
         # Retention is checked the first time the worker is idle, then every minute: a
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
@@ -393,6 +394,11 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+        minute = int(time.time() // 60)
+        if not quick and minute != self.backlog_minute:   # one backlog sample a minute
+            self.backlog_minute = minute
+            self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
+                                   self.clock())
         if not quick and self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
 

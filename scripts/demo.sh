@@ -20,6 +20,7 @@ trap cleanup EXIT
 
 echo "demo home: $home"
 echo "to paste the commands below: export QUEUECTL_HOME=$home"
+echo "$home" > .venv/last-demo-home 2>/dev/null || true     # for `make dashboard`
 run queuectl config set backoff_base 1.5      # short retry delays for the demo
 run queuectl enqueue '{"id": "hello", "command": "echo hello from queuectl"}'
 run queuectl enqueue '{"id": "urgent", "command": "echo urgent first", "priority": 10}'
@@ -42,3 +43,5 @@ run queuectl metrics
 run queuectl worker stop
 echo
 echo "the home is left at $home for you to explore: export QUEUECTL_HOME=$home"
+echo "watch it in a browser, with workers and new jobs arriving: make dashboard"
+echo "(or just the dashboard: .venv/bin/queuectl --home $home dashboard)"
