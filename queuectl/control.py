@@ -112,8 +112,6 @@ def cancel(home, ids, running=False):
         state = _locate(home, job_id, ("pending", "failed", "processing"), "cancelled")
         if state != "processing":
             _apply(home, job_id, ("pending", "failed"), "cancelled", lifecycle.cancel)
-            home.index_safely("metrics", home.index.record_outcome, "cancelled", home.clock(),
-                              None, None)
             return f"cancelled (was {state}; now in dead/)"
         if not running:
             raise WrongState(f"job {job_id!r} is running; use --running to kill and cancel it")

@@ -390,16 +390,23 @@ class Index:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the writer lock is taken up front
-    so two writers never deadlock upgrading read locks)."""
+    so two writers never deadlock upgrading read locks). Inside an open transaction (a
+    worker's grouped updates) it only joins it: the outer one commits or rolls back."""
 
     def __init__(self, db):
         self.db = db
+        self.joined = False
 
     def __enter__(self):
+        if self.db.in_transaction:
+            self.joined = True
+            return self.db
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
+        if self.joined:
+            return False
         if exc_type is None:
             self.db.execute("COMMIT")
         elif self.db.in_transaction:

@@ -28,6 +28,7 @@ class Verdict:
     unsettled: bool = False   # may still be being written: look again later
     gone: bool = False        # vanished while we looked (moved by someone else)
     st: os.stat_result = None
+    data: bytes = None        # the bytes judged, when it is a job
 
 
 def examine(home, state, name, now):
@@ -50,7 +51,7 @@ def examine(home, state, name, now):
     # `cp -p` or clock skew is no creation time); it never schedules the job.
     defaults = {"max_retries": home.settings.max_retries,
                 "created_at": jobmod.iso(min(st.st_mtime, now))}
-    return Verdict(doc=jobmod.complete(doc, defaults, now), st=st)
+    return Verdict(doc=jobmod.complete(doc, defaults, now), st=st, data=data)
 
 
 def settle_deadline(verdict, home):

@@ -10,12 +10,8 @@ log = logging.getLogger("queuectl")
 
 
 def recover_one(home, job_id, now):
-    """lifecycle.recover plus the outcome counters (a recovered attempt is a failed one)."""
-    result = lifecycle.recover(home, job_id, now)
-    if result in ("failed", "dead"):
-        home.index_safely("metrics", home.index.record_outcome, "failed", now, None, None,
-                          ("dead",) if result == "dead" else ())
-    return result
+    """lifecycle.recover (which counts a recovered attempt as a failed one)."""
+    return lifecycle.recover(home, job_id, now)
 
 
 def recover_all(home):

@@ -24,6 +24,7 @@ from .job import JOB_SUFFIX
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
 ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
+_OTHER_STATES = tuple(s for s in JOB_STATES if s != "processing")
 REASON_SUFFIX = ".reason"
 CANCEL_PREFIX, CANCEL_SUFFIX = ".", ".cancel"
 PAUSE_FILE = "PAUSED"
@@ -144,7 +145,8 @@ class Spool:
 
     def cancel_requested(self, job_id, claimed_data):
         """True if a cancel marker targets the attempt claimed with these bytes."""
-        return self._cancel_target(job_id) == attempt_mark(claimed_data)
+        target = self._cancel_target(job_id)
+        return target is not None and target == attempt_mark(claimed_data)
 
     def _cancel_target(self, job_id):
         """The attempt mark a cancel marker names; None without one, "" if unreadable."""
@@ -260,6 +262,15 @@ class Spool:
             if found:
                 break
         return found
+
+    def others(self, job_id):
+        """The states other than processing/ holding <id>.json, looked at once each: what a
+        worker asks about a job it has just claimed into processing/ (a duplicate id). A copy
+        moving while we look can only be one going through processing/, which our claim
+        holds, so one look is enough here (unlike find)."""
+        name = job_name(job_id)
+        root = self.root
+        return [s for s in _OTHER_STATES if os.path.lexists(f"{root}/{s}/{name}")]
 
     # ---- reading ------------------------------------------------------------------------
     def _open_checked(self, path, flags):

@@ -26,6 +26,10 @@ RECOVERY_SECONDS = 5
 HINT_THRESHOLD = 200         # new files in one scan above which the index supplies hints
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
+# Index updates are grouped: committed at most this often while jobs run back to back, and
+# whenever the worker goes idle, stops, or a job runs longer than this.
+INDEX_GROUP_SECONDS = 0.02
+JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (see _judged)
 TAKE_FROM = ("pending", "failed")
 
 
@@ -33,6 +37,13 @@ class Worker:
     def __init__(self, home, supervisor=None, report_job=None):
         self.home = home
         home.index.set_busy_timeout(INDEX_WAIT_SECONDS)
+        home.group_index_updates()
+        self.next_flush = 0.0
+        self.environ = dict(os.environ)     # the jobs' environment, copied once
+        # (state, id) -> (bytes, mtime_ns, job) of a file judged a job while in pending/ or
+        # failed/: a claim that reads the very same bytes takes the job as judged, without
+        # parsing and validating it a second time.
+        self.judged = {}
         self.report_job = report_job     # tells the supervisor our job's process group
         self.clock = home.clock
         self.supervisor = supervisor
@@ -85,8 +96,12 @@ class Worker:
         if verdict.doc is not None:
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
                             lifecycle._due(verdict.doc, now))
+            if len(self.judged) < JUDGED_KEPT:
+                self.judged[(state, stem)] = (verdict.data, verdict.st.st_mtime_ns,
+                                              verdict.doc)
             return
         self.picker.forget(state, stem)
+        self.judged.pop((state, stem), None)
         if not handle_bad(self.home, state, name, verdict, now):
             self.unsettled[(state, name)] = settle_deadline(verdict, self.home)
 
@@ -100,6 +115,8 @@ class Worker:
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
+            for key in [k for k in self.judged if k[0] == state and k[1] not in present]:
+                del self.judged[key]
             new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker]
             hints = self._index_hints(state) if len(new) > HINT_THRESHOLD else {}
             for name in new:
@@ -121,6 +138,8 @@ class Worker:
             return {}
 
     def _events(self, now):
+        if self.watch is not None:
+            self.watch.read(self.wakeup)
         names, overflowed = self.wakeup.drain()
         if overflowed:
             self.next_scan = 0.0
@@ -155,6 +174,7 @@ class Worker:
 
     def purge_expired(self):
         self.retention_checked = True
+        self.home.flush_index()
         retention = self.home.settings.completed_retention
         if retention:
             try:
@@ -227,9 +247,17 @@ class Worker:
         st = self.home.spool.lstat(state, name)
         return st and (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
+    def _judged(self, held, now):
+        """The job a claim holds: as judged before the claim when the claim read the same
+        bytes with the same mtime, else parsed and validated now. Raises InvalidJob."""
+        judged = self.judged.pop((held.origin, held.job_id), None)
+        if judged is not None and judged[0] == held.data and judged[1] == held.st.st_mtime_ns:
+            return dict(judged[2])
+        return lifecycle.parse_claimed(self.home, held, now)
+
     def _take(self, held, now):
         try:
-            doc = lifecycle.parse_claimed(self.home, held, now)
+            doc = self._judged(held, now)
         except (InvalidJob, NotAJobFile) as exc:
             if now - held.st.st_mtime < self.home.settings.settle_seconds:
                 # A writer may still be at work on it in place: put it back, look later.
@@ -245,7 +273,7 @@ class Worker:
             lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
             self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
             return False
-        elsewhere = [s for s in self.home.spool.find(held.job_id) if s != "processing"]
+        elsewhere = self.home.spool.others(held.job_id)
         if "pending" in elsewhere:
             # Dropped after our copy was there (new jobs only arrive in pending/): ours,
             # with its history, keeps the id.
@@ -260,18 +288,19 @@ class Worker:
         return True
 
     def _run(self, held, doc):
+        """Spawn the job, index it as running (after the spawn: nothing delays the start),
+        wait for it, and hand its result to lifecycle, which decides and records the move."""
         home = self.home
         attempt = doc.get("attempts", 0) + 1
-        started = time.time()
         self.current = doc["id"]
         self.current_claim = held
-        lifecycle.mark_running(home, doc, self.clock())
         home.spool.ensure_output()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
-            runner.job_environment(doc["id"], attempt, home.home), held.fd,
+            runner.job_environment(doc["id"], attempt, home.home, self.environ), held.fd,
             home.spool.output_path(doc["id"]),
-            runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
+            runner.header(doc["id"], attempt, self.label, jobmod.iso(time.time())))
+        lifecycle.mark_running(home, doc, self.clock())
         timeout = doc.get("timeout") or home.settings.job_timeout
         if self.report_job and running.pid:
             self.report_job(running.pid)
@@ -280,8 +309,9 @@ class Worker:
         if self.report_job and running.pid:
             self.report_job(0)
         self.current = None
+        now = self.clock()
         try:
-            outcome = self._route(held, doc, running, result)
+            state = lifecycle.finish_attempt(home, held, doc, result, now)
         except OSError as exc:
             # Disk full, I/O error: the job stays in processing/ unlocked; recovery (ours or
             # another worker's) retries it. An fsync error is never retried on that fd.
@@ -290,41 +320,23 @@ class Worker:
                       doc["id"], exc)
             self.next_recovery = 0.0
             return
-        wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
-        outcome, *also = outcome.split("+")
-        home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
-                          result.duration_s, also)
-
-    def _route(self, held, doc, running, result):
-        """Move a finished job to its next state; returns the outcome's name."""
-        home = self.home
-        now = self.clock()
-        if running.cancelled:
-            lifecycle.cancel(home, held, doc, now)
-            home.spool.clear_cancel(doc["id"])
-            outcome = "cancelled"
-        elif result.stopped:
-            lifecycle.requeue(home, held, doc, now)
-            outcome = "requeued"
-        elif result.ok:
-            lifecycle.complete(home, held, doc, result, now)
+        if result.ok and not result.cancelled:
             self.jobs_done += 1
-            outcome = "completed"
-        else:
-            state = lifecycle.fail(home, held, doc, result.error, result.exit_code,
-                                   result.duration_s, now)
+        elif not result.stopped and not result.cancelled:
             self.jobs_failed += 1
-            outcome = "failed+dead" if state == "dead" else "failed"
-            if state == "failed":
-                self.picker.add("failed", doc["id"], doc.get("priority", 0),
-                                lifecycle._due(doc, now))
-        return outcome
+        if state == "failed":
+            self.picker.add("failed", doc["id"], doc.get("priority", 0),
+                            lifecycle._due(doc, now))
+        if now >= self.next_flush:
+            home.flush_index()
+            self.next_flush = now + INDEX_GROUP_SECONDS
 
     def _wait(self, running, timeout):
         """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
         shutdown deadline by killing its whole process group."""
         deadline = running.started + timeout if timeout else None
         stop_deadline = None
+        flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
         while running.poll() is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -343,12 +355,19 @@ class Worker:
                 return
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat(busy=True)
+            if flush_at is not None and now >= flush_at:
+                self.home.flush_index()     # a longer job: index it as running now
+                flush_at = None
             limits = [1.0, self.next_heartbeat - self.clock()]
-            limits += [t - now for t in (deadline, stop_deadline) if t is not None]
+            limits += [t - now for t in (deadline, stop_deadline, flush_at) if t is not None]
             fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
+            if self.watch is not None:
+                fds.append(self.watch)
             select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
                           else min(0.01, max(0.0, min(limits))))
             self.wakeup.clear()
+            if self.watch is not None:
+                self.watch.read(self.wakeup)     # keep the names for after the job
 
     def _shutdown_timeout(self):
         """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
@@ -368,6 +387,7 @@ class Worker:
         stands: an ingest (a spool rescan, index writes that may wait on a lock) must never
         delay the job's timeout or stop handling."""
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+        self.home.flush_index()
         try:
             self.home.index.reopen_if_replaced()
         except Exception as exc:
@@ -447,21 +467,17 @@ class Worker:
                     continue
                 if self.stopping:
                     break
-                select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
+                home.flush_index()      # idle: the index catches up before we sleep
+                select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
+                              self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:
                 self.watch.stop()
+            home.flush_index()
             home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
             log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
                      self.jobs_failed)
         return 0
-
-
-def _ts(stamp):
-    try:
-        return jobmod.parse_time(stamp) if stamp else 0.0
-    except ValueError:
-        return 0.0
 
 
 def run_worker(home, supervisor=None, report_job=None):
