@@ -74,19 +74,20 @@ def is_candidate(name):
 class Spool:
     def __init__(self, root, max_job_bytes=1048576):
         self.root = os.path.abspath(root)
+        self._prefix = os.path.join(self.root, "")     # root + "/", for cheap path building
         self.max_job_bytes = max_job_bytes
         self._ready = False
         self._submitters = None
 
     # ---- layout -------------------------------------------------------------------------
     def dir(self, state):
-        return os.path.join(self.root, state)
+        return self._prefix + state
 
     def path(self, state, job_id):
-        return os.path.join(self.root, state, job_name(job_id))
+        return f"{self._prefix}{state}/{job_id}{JOB_SUFFIX}"
 
     def output_path(self, job_id):
-        return os.path.join(self.root, "output", job_id + ".log")
+        return f"{self._prefix}output/{job_id}.log"
 
     def exists(self):
         return os.path.isdir(self.dir("pending"))
@@ -113,7 +114,7 @@ class Spool:
             pass
 
     def is_paused(self):
-        return os.path.lexists(os.path.join(self.root, PAUSE_FILE))
+        return os.path.lexists(self._prefix + PAUSE_FILE)
 
     def set_paused(self, paused):
         """The pause flag is a plain file (spool/PAUSED) so `ls` shows it and any tool can
@@ -269,8 +270,7 @@ class Spool:
         moving while we look can only be one going through processing/, which our claim
         holds, so one look is enough here (unlike find)."""
         name = job_name(job_id)
-        root = self.root
-        return [s for s in _OTHER_STATES if os.path.lexists(f"{root}/{s}/{name}")]
+        return [s for s in _OTHER_STATES if os.path.lexists(f"{self._prefix}{s}/{name}")]
 
     # ---- reading ------------------------------------------------------------------------
     def _open_checked(self, path, flags):
@@ -330,7 +330,7 @@ class Spool:
 
     def read(self, state, name):
         """(bytes, stat) of <state>/<name>, read safely; NotAJobFile if it can't be a job."""
-        fd, st = self._open_checked(os.path.join(self.dir(state), name), os.O_RDONLY)
+        fd, st = self._open_checked(f"{self._prefix}{state}/{name}", os.O_RDONLY)
         try:
             return self._read_fd(fd), st
         finally:
@@ -338,7 +338,7 @@ class Spool:
 
     def lstat(self, state, name):
         try:
-            return os.lstat(os.path.join(self.dir(state), name))
+            return os.lstat(f"{self._prefix}{state}/{name}")
         except FileNotFoundError:
             return None
 
@@ -346,7 +346,7 @@ class Spool:
     def _write_tmp(self, data):
         """Write data to a fresh file in tmp/ and fsync it; returns its path."""
         self.ensure_layout()
-        path = os.path.join(self.dir("tmp"), f"{_HOST}.{os.getpid()}.{os.urandom(6).hex()}")
+        path = f"{self._prefix}tmp/{_HOST}.{os.getpid()}.{os.urandom(6).hex()}"
         fd = fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             fsops.write_all(fd, data, path)

@@ -29,6 +29,7 @@ INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked i
 # Index updates are grouped: committed at most this often while jobs run back to back, and
 # whenever the worker goes idle, stops, or a job runs longer than this.
 INDEX_GROUP_SECONDS = 0.02
+CANCEL_CHECK_AFTER = 0.05    # a job is first checked for a cancel request this long after it starts
 JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (see _judged)
 TAKE_FROM = ("pending", "failed")
 
@@ -337,6 +338,8 @@ class Worker:
         deadline = running.started + timeout if timeout else None
         stop_deadline = None
         flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
+        # Short jobs end before anyone could cancel them: no marker lookup for them.
+        check_at = running.started + CANCEL_CHECK_AFTER
         while running.poll() is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -349,7 +352,8 @@ class Worker:
                 running.stopped = True
                 running.kill_group()
                 return
-            if self.home.spool.cancel_requested(self.current, self.current_claim.data):
+            if now >= check_at and self.home.spool.cancel_requested(self.current,
+                                                                    self.current_claim.data):
                 running.cancelled = True
                 running.kill_group()
                 return
@@ -360,6 +364,8 @@ class Worker:
                 flush_at = None
             limits = [1.0, self.next_heartbeat - self.clock()]
             limits += [t - now for t in (deadline, stop_deadline, flush_at) if t is not None]
+            if now < check_at:
+                limits.append(check_at - now)
             fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
             if self.watch is not None:
                 fds.append(self.watch)
