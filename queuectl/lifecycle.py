@@ -16,6 +16,7 @@ from .index import job_row
 from .spool import NotAJobFile, display_name
 
 log = logging.getLogger("queuectl")
+_generated = set()      # ids prepare generated (new, so publish need not look for them)
 
 # move: (the states it takes a job from, the state it leads to). Every rewriting move goes
 # through processing/ under the job's flock; _finish looks its destination up here.
@@ -67,6 +68,7 @@ def prepare(home, doc, now):
     doc = jobmod.validate(dict(doc))
     if doc.get("id") is None:
         doc["id"] = jobmod.new_id(now)
+        _generated.add(doc["id"])
     return jobmod.complete(doc, {"max_retries": home.settings.max_retries}, now)
 
 
@@ -75,7 +77,11 @@ def publish(home, docs, now):
     already in the spool or repeated in the batch raises DuplicateId and writes nothing."""
     seen = set()
     for doc in docs:
-        if doc["id"] in seen or home.spool.find(doc["id"]):
+        # A generated id (new_id: the time to the microsecond plus 40 random bits) is new;
+        # only ids a submitter chose are looked for in the spool.
+        chosen = doc["id"] not in _generated
+        _generated.discard(doc["id"])
+        if doc["id"] in seen or chosen and home.spool.find(doc["id"]):
             raise DuplicateId(f"a job with id {doc['id']!r} already exists")
         seen.add(doc["id"])
     home.spool.ensure_layout()

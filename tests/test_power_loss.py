@@ -40,6 +40,7 @@ import crashkit
 
 
 TRACED_DIRS = ("tmp", *crashkit.JOB_STATES, "rejected")
+ALL_DIRS = "*"        # what a syncfs makes durable: every directory
 TOTALS = {"states": 0, "checks": 0, "enumerated": 0, "seconds": 0.0}
 
 
@@ -125,6 +126,11 @@ def replay(initial, ops):
             synced[run[path]] = content[run[path]]
         elif kind == "fsyncdir":
             fsyncdirs.append((i, path))
+        elif kind == "syncfs":
+            # syncfs(2): every file's data and every directory of the filesystem durable.
+            for ino in content:
+                synced[ino] = content[ino]
+            fsyncdirs.append((i, ALL_DIRS))
         elif kind == "link" and op["src"] in run and path not in run:
             run[path] = run[op["src"]]
             dirops.append((i, "link", op["src"], path, run[path], frozenset([_dir(path)])))
@@ -179,7 +185,8 @@ def crash_states(initial, ops, full=False):
     entries0 = initial[0]
     for n in range(len(ops) + 1):
         dirops, fsyncdirs, content, synced = replay(initial, ops[:n])
-        durable = lambda d: any(j > d[0] and where in d[5] for j, where in fsyncdirs)  # noqa: E731
+        durable = lambda d: any(j > d[0] and (where in d[5] or where == ALL_DIRS)  # noqa: E731
+                                for j, where in fsyncdirs)
         volatile = [d for d in dirops if not durable(d)]
         for dropped in drop_sets(volatile, full):
             lost = {d[0] for d in dropped}
@@ -353,6 +360,20 @@ def test_negative_control_no_dir_fsync_before_unlink(scratch, driver):
     print(f"  of which the job is lost: {len(lost)}; the completion undone (it would run "
           f"again): {len(violations) - len(lost)}")
     assert len(lost) > 0, "\n".join(violations)
+
+
+def test_negative_control_no_syncfs_before_publishing_a_batch(scratch, driver):
+    """(c) A batch published without its syncfs (issue 9: one syncfs stands in for an fsync
+    per file): the links into pending/ can survive a power cut while the data does not."""
+    homes, ops, acks, work = traced(scratch, "enqueue-batch-syncfs", driver)
+    assert not [op for op in ops if op["op"] == "fsync"], "the batch fsynced its files"
+    broken, shifted = without(ops, acks, lambda i, op: op["op"] == "syncfs", "syncfs")
+    states, checks, violations = check_trace("enqueue-batch-syncfs", homes, broken, shifted,
+                                             work)
+    print(f"\nnegative control (c), no syncfs before publishing a batch: {states} states, "
+          f"{checks} checks, {len(violations)} violations, e.g.\n  {violations[:1]}")
+    assert len(violations) > 0
+    assert any("unparseable pending/s" in v for v in violations)
 
 
 @pytest.mark.stress
