@@ -3,7 +3,6 @@ the library (QueueError) become "Error: ..." on stderr and their exit code in on
 (`QueuectlGroup.invoke`); usage errors are click's exit 2. Heavy modules (watchdog, psutil)
 are imported only by the commands that need them, so `enqueue` stays fast."""
 
-import logging
 import os
 import sys
 
@@ -12,6 +11,7 @@ import click
 from . import render
 from .errors import QueueError
 from .home import Home
+from .logs import log
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -40,17 +40,39 @@ _LOG_SETUP = []
 
 
 def _quiet_logging():
+    if not log.materialised:
+        return
+    import logging
     logger = logging.getLogger("queuectl")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
 
 
-def _home(ctx):
+def _null_handler():
+    import logging
+    logging.getLogger("queuectl").addHandler(logging.NullHandler())
+
+
+def _home(ctx, lazy_log=False):
+    """The command's Home, with its log set up. lazy_log (enqueue): set up, and import
+    logging, only when a line is logged (logs.py)."""
     home = ctx.find_object(Home)
     if _LOG_SETUP and _LOG_SETUP[-1] is home:
         _LOG_SETUP.pop()
-        home.configure_logging("cli", rotate=False)
+        if lazy_log:
+            def setup():
+                home.configure_logging("cli", rotate=False)
+            log.defer_setup(setup, "DEBUG")     # a warning while reading settings sets up
+            try:
+                home.make_data_dir("logs")      # as the setup would (a new home's settings
+            except OSError:                     # file is written where data/ exists)
+                pass
+            level = home.settings.log_level
+            if log.pending:
+                log.defer_setup(setup, level)
+        else:
+            home.configure_logging("cli", rotate=False)
     return home
 
 
@@ -83,7 +105,7 @@ def main(ctx, home_dir, spool_dir, data_dir):
     """
     ctx.obj = Home(home_dir, spool_dir, data_dir)
     ctx.call_on_close(ctx.obj.close)
-    logging.getLogger("queuectl").addHandler(logging.NullHandler())
+    log.defer_setup(_null_handler, "DEBUG")
     if ctx.invoked_subcommand not in (None, "worker"):
         ctx.call_on_close(_quiet_logging)
         _LOG_SETUP.append(ctx.obj)
@@ -120,7 +142,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       cat jobs.jsonl | queuectl enqueue -
     """
     from . import submit
-    home = _home(ctx)
+    home = _home(ctx, lazy_log=True)
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:

@@ -5,15 +5,14 @@ The home is --home, else $QUEUECTL_HOME, else the current directory; spool/ and 
 it unless --spool/--data (or $QUEUECTL_SPOOL/$QUEUECTL_DATA) place them apart. Nothing is
 created until the first write."""
 
-import logging
 import os
 import time
 
 from .config import Settings
 from .index import Index
 from .spool import Spool
+from .logs import log
 
-log = logging.getLogger("queuectl")
 # After an index update times out on another process's lock, skip index updates this long
 # rather than queue behind the lock job after job; ingest repairs the rows afterwards.
 INDEX_PAUSE_SECONDS = 10
@@ -136,6 +135,7 @@ class Home:
         with the process name and pid on every line. Never prints. Long-lived processes
         (workers, supervisor) rotate the file; short CLI calls only append (rotation needs
         logging.handlers, which costs enqueue ~5 ms to import)."""
+        import logging
         logger = logging.getLogger("queuectl")
         logger.propagate = False
         for handler in list(logger.handlers):

@@ -7,14 +7,13 @@ one short transaction; a database that SQLite cannot read is moved aside and rec
 caller then rescans the spool). Only this module imports sqlite3."""
 
 import json
-import logging
 import os
 import sqlite3
 import time
 
 from .job import parse_time
+from .logs import log
 
-log = logging.getLogger("queuectl")
 
 SCHEMA_VERSION = 3
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",

@@ -8,14 +8,13 @@ exactly one copy visible outside processing/. reject moves an unusable file to r
 A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
 instead, so nothing is ever overwritten or lost."""
 
-import logging
 
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob
 from .index import job_row
 from .spool import NotAJobFile, display_name
+from .logs import DEBUG, log
 
-log = logging.getLogger("queuectl")
 _generated = set()      # ids prepare generated (new, so publish need not look for them)
 
 # move: (the states it takes a job from, the state it leads to). Every rewriting move goes
@@ -89,8 +88,9 @@ def publish(home, docs, now):
     written = docs
     home.index_update("enqueue", home.index.upsert,
                       [job_row(d, "pending", _due(d, now)) for d in written])
-    for doc in written:
-        log.info("enqueued %s: %s", doc["id"], doc["command"][:200])
+    if log.isEnabledFor(DEBUG):      # per job, so DEBUG (and enqueue imports no logging)
+        for doc in written:
+            log.debug("enqueued %s: %s", doc["id"], doc["command"][:200])
     return [d["id"] for d in written]
 
 
@@ -177,7 +177,7 @@ def complete(home, claim, doc, result, now, wait_s=None):
                duration_s=result.duration_s, finished_at=jobmod.iso(now), last_error=None)
     doc.pop("run_at", None)
     state = _finish(home, claim, doc, "complete", now, wait_s, result.duration_s)
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         log.debug("completed %s (attempt %d, %.3fs)", doc["id"], doc["attempts"],
                   result.duration_s)
     return state

@@ -13,13 +13,13 @@ On failure, OSErrors other than the expected races propagate to the caller."""
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 
 from . import fsops
 from .errors import DuplicateId
 from .job import JOB_SUFFIX
+from .logs import log
 
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
@@ -397,7 +397,7 @@ class Spool:
                 try:
                     os.unlink(self.path(state, job_id))
                 except FileNotFoundError:
-                    logging.getLogger("queuectl").warning(
+                    log.warning(
                         "publishing failed, but a worker had already taken %s: it runs", job_id)
                 except OSError:
                     pass
