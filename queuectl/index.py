@@ -213,8 +213,13 @@ class Index:
         """Insert or update rows (from job_row), never replacing a newer one (NEWER)."""
         marks = ",".join("?" * len(ROW_COLUMNS))
         updates = ",".join(f"{c}=excluded.{c}" for c in ROW_COLUMNS[1:])
-        self.db.executemany(f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
-                            f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}", rows)
+        sql = (f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
+               f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}")
+        if len(rows) == 1:
+            self.db.execute(sql, rows[0])
+            return
+        with self.transaction():     # one commit for a batch, not one per row
+            self.db.executemany(sql, rows)
 
     def insert_new(self, rows):
         """Insert rows for ids not yet indexed; existing rows (fresher) are left alone."""
