@@ -23,6 +23,7 @@ grandchildren PDEATHSIG would miss."""
 import ctypes
 import errno
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -124,6 +125,30 @@ class RunningJob:
 
     def poll(self):
         return self.proc.poll() if self.proc else -1
+
+    def wait(self, timeout, wake=(), check=None):
+        """Wait until the job ends, waking when one of `wake` (objects with fileno(): a
+        self-pipe, an inotify fd) is readable, and at least every second. The time limit
+        (seconds, or None) kills the group and sets timed_out. At every wake check() (if
+        given) returns (reason, seconds until it wants to be asked again): reason
+        "stopped" or "cancelled" kills the group and sets that flag; None carries on."""
+        deadline = self.started + timeout if timeout else None
+        while self.poll() is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.timed_out = timeout
+                self.kill_group()
+                return
+            reason, within = check() if check is not None else (None, 1.0)
+            if reason is not None:
+                setattr(self, reason, True)
+                self.kill_group()
+                return
+            limit = max(0.0, min(1.0, within, deadline - now if deadline else 1.0))
+            if self.pidfd is None:
+                select.select(list(wake), [], [], min(0.01, limit))   # no pidfd: poll
+            else:
+                select.select([*wake, self.pidfd], [], [], limit)
 
     def signal_group(self, signum):
         try:

@@ -14,7 +14,7 @@ import signal
 import time
 
 from . import job as jobmod
-from . import control, lifecycle, metrics, recovery, render, runner, watcher
+from . import control, lifecycle, metrics, recovery, runner, watcher
 from .errors import InvalidJob
 from .ingest import Verdict, examine, handle_bad, settle_deadline
 from .picker import Picker
@@ -333,47 +333,39 @@ class Worker:
             self.next_flush = now + INDEX_GROUP_SECONDS
 
     def _wait(self, running, timeout):
-        """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
-        shutdown deadline by killing its whole process group."""
-        deadline = running.started + timeout if timeout else None
-        stop_deadline = None
+        """Wait for the job (runner.RunningJob.wait enforces its time limit), waking for
+        signals, inotify, heartbeats and the index's group commit; a stop (past the
+        shutdown deadline, or at once for SIGUSR1) or a cancel request kills its group."""
+        stop_at = None
         flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
         # Short jobs end before anyone could cancel them: no marker lookup for them.
-        check_at = running.started + CANCEL_CHECK_AFTER
-        while running.poll() is None:
+        cancel_at = running.started + CANCEL_CHECK_AFTER
+
+        def check():
+            nonlocal stop_at, flush_at
+            self.wakeup.clear()
+            if self.watch is not None:
+                self.watch.read(self.wakeup)     # keep the names for after the job
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                running.timed_out = timeout
-                running.kill_group()
-                return
-            if self.stopping and stop_deadline is None:
-                stop_deadline = now + self._shutdown_timeout()
-            if self.stop_now or (stop_deadline is not None and now >= stop_deadline):
-                running.stopped = True
-                running.kill_group()
-                return
-            if now >= check_at and self.home.spool.cancel_requested(self.current,
-                                                                    self.current_claim.data):
-                running.cancelled = True
-                running.kill_group()
-                return
+            if self.stopping and stop_at is None:
+                stop_at = now + self._shutdown_timeout()
+            if self.stop_now or (stop_at is not None and now >= stop_at):
+                return "stopped", 0.0
+            if now >= cancel_at and self.home.spool.cancel_requested(
+                    self.current, self.current_claim.data):
+                return "cancelled", 0.0
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat(busy=True)
             if flush_at is not None and now >= flush_at:
                 self.home.flush_index()     # a longer job: index it as running now
                 flush_at = None
-            limits = [1.0, self.next_heartbeat - self.clock()]
-            limits += [t - now for t in (deadline, stop_deadline, flush_at) if t is not None]
-            if now < check_at:
-                limits.append(check_at - now)
-            fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
-            if self.watch is not None:
-                fds.append(self.watch)
-            select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
-                          else min(0.01, max(0.0, min(limits))))
-            self.wakeup.clear()
-            if self.watch is not None:
-                self.watch.read(self.wakeup)     # keep the names for after the job
+            limits = [self.next_heartbeat - self.clock()]
+            limits += [t - now for t in (stop_at, flush_at) if t is not None]
+            if now < cancel_at:
+                limits.append(cancel_at - now)
+            return None, min(limits)
+
+        running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check)
 
     def _shutdown_timeout(self):
         """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
@@ -388,54 +380,18 @@ class Worker:
 
     # ---- heartbeat and loop -----------------------------------------------------------------
     def heartbeat(self, state=None, busy=False):
-        """Record our state in the index (best effort) and keep the metrics textfile fresh.
-        While a job runs (`busy`, from _wait) the textfile is built from the index as it
-        stands: an ingest (a spool rescan, index writes that may wait on a lock) must never
+        """Report our state (metrics.heartbeat: the index row and the Prometheus textfile).
+        While a job runs (`busy`) the textfile is built without an ingest, so nothing can
         delay the job's timeout or stop handling."""
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
         self.home.flush_index()
-        try:
-            self.home.index.reopen_if_replaced()
-        except Exception as exc:
-            log.warning("%s: index unavailable (%s)", self.label, exc)
-        try:
-            cpu, rss = runner.process_stats()
-        except Exception:
-            cpu, rss = None, None
         record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
-                  "started_at": self.started_at, "heartbeat_at": time.time(),
-                  "current_job": self.current, "jobs_done": self.jobs_done,
-                  "jobs_failed": self.jobs_failed, "cpu_percent": cpu, "rss_bytes": rss,
+                  "started_at": self.started_at, "current_job": self.current,
+                  "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
                   "supervisor": self.supervisor,
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
-        self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
-        if self.home.settings.metrics_textfile:
-            self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
-
-    def write_textfile(self, path, ingest=True):
-        """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
-        older than a heartbeat interval, so the queries run about once per interval in all;
-        tmp + fsync + rename, so node_exporter never reads half a file."""
-        try:
-            if time.time() - os.stat(path).st_mtime < HEARTBEAT_SECONDS:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("metrics textfile %s: %s", path, exc)
-            return
-        try:
-            text = render.prometheus_text(metrics.report(
-                self.home, metrics.worker_rows(self.home), ingest_first=ingest))
-            tmp = f"{path}.{self.pid}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except Exception as exc:    # metrics must never stop the worker
-            log.warning("could not write metrics textfile %s: %s", path, exc)
+        metrics.heartbeat(self.home, record, self.label, ingest_first=not busy)
 
     def _idle_timeout(self, now):
         limits = [self.next_scan - now, self.next_heartbeat - now]
