@@ -629,7 +629,8 @@ def worker_start(ctx, count, foreground, quiet):
             click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
                        f"for {home.home} "
                        "(Ctrl-C stops them gracefully)")
-        sys.exit(pool.run_foreground(home, count))
+        from .supervisor import run_foreground
+        sys.exit(run_foreground(home, count))
     started = pool.start(home, count)
     click.echo(f"started supervisor {started['supervisor_pid']} with {count} worker"
                f"{'s' if count != 1 else ''} (pids {', '.join(map(str, started['workers']))}) "

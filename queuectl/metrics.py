@@ -1,6 +1,6 @@
 """Metrics: one report assembled from the index (counts, outcome counters, per-minute
 buckets, the recent timings window, worker heartbeats) and the spool (pause flag). Pure
-assembly; rendering to text or Prometheus lives in render.py, process checks in pool.py.
+assembly; rendering to text or Prometheus lives in render.py, process checks in runner.py.
 
 Stable JSON keys (documented in docs/operations.md): home, generated_at, paused, jobs,
 rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, failed (every failed

@@ -17,7 +17,7 @@ way the job is a direct child, its own session and group, holding the lock.
 Why no PR_SET_PDEATHSIG here: neither posix_spawn nor a vfork-ing Popen can set it (it needs
 code between fork and exec: a preexec_fn forces a full fork() of the worker and cost 30% of
 throughput in bench/). The supervisor makes the job die with its worker instead: it is the
-jobs' subreaper and kills a dead worker's job group (pool.py), which also catches the
+jobs' subreaper and kills a dead worker's job group (supervisor.py), which also catches the
 grandchildren PDEATHSIG would miss."""
 
 import ctypes
