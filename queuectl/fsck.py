@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import job as jobmod
 from . import lifecycle
-from .ingest import examine, reindex
+from .ingest import judge, reindex
 from .spool import JOB_STATES, display_name, is_candidate
 
 STALE_TMP_SECONDS = 86400
@@ -112,8 +112,8 @@ def _check_files(home, repair, now, problems):
                     problem.fixed = "moved to rejected/"
                 problems.append(problem)
                 continue
-            verdict = examine(home, state, name, now)
-            if verdict.doc is None and not verdict.gone and not verdict.unsettled:
+            verdict = judge(home, state, name, now)
+            if verdict.action == "reject":
                 problem = Problem("not-a-job", where, verdict.reason)
                 if repair:
                     lifecycle.reject(home, state, name, verdict.reason, now=now)

@@ -15,8 +15,7 @@ import time
 
 from . import job as jobmod
 from . import control, lifecycle, metrics, recovery, runner, watcher
-from .errors import InvalidJob
-from .ingest import Verdict, examine, handle_bad, settle_deadline
+from .ingest import Verdict, judge, settle
 from .picker import Picker
 from .spool import NotAJobFile, is_candidate
 
@@ -91,7 +90,7 @@ class Worker:
             if self.skipped[(state, name)] == self._signature(state, name):
                 return
             del self.skipped[(state, name)]
-        verdict = examine(self.home, state, name, now)
+        verdict = judge(self.home, state, name, now)
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
         if verdict.doc is not None:
@@ -103,8 +102,8 @@ class Worker:
             return
         self.picker.forget(state, stem)
         self.judged.pop((state, stem), None)
-        if not handle_bad(self.home, state, name, verdict, now):
-            self.unsettled[(state, name)] = settle_deadline(verdict, self.home)
+        if not settle(self.home, state, name, verdict, now):
+            self.unsettled[(state, name)] = verdict.until
 
     def full_scan(self, now):
         """Re-list pending/ and failed/: forget what vanished, consider what is new."""
@@ -238,7 +237,7 @@ class Worker:
             return
         name = job_id + jobmod.JOB_SUFFIX
         try:
-            handle_bad(self.home, state, name, Verdict(reason=exc.reason), now)
+            settle(self.home, state, name, Verdict("reject", reason=exc.reason), now)
         except OSError as err:
             log.error("%s: cannot reject %s/%s (%s): %s; skipped until it changes",
                       self.label, state, name, exc.reason, err)
@@ -248,27 +247,26 @@ class Worker:
         st = self.home.spool.lstat(state, name)
         return st and (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
-    def _judged(self, held, now):
-        """The job a claim holds: as judged before the claim when the claim read the same
-        bytes with the same mtime, else parsed and validated now. Raises InvalidJob."""
+    def _judge_claimed(self, held, now):
+        """The verdict on a claimed file: the one made before the claim when the claim read
+        the very same bytes with the same mtime (no second parse), else judged now."""
+        name = held.job_id + jobmod.JOB_SUFFIX
         judged = self.judged.pop((held.origin, held.job_id), None)
         if judged is not None and judged[0] == held.data and judged[1] == held.st.st_mtime_ns:
-            return dict(judged[2])
-        return lifecycle.parse_claimed(self.home, held, now)
+            return Verdict("take", doc=dict(judged[2]), st=held.st, data=held.data)
+        return judge(self.home, held.origin, name, now, data=held.data, st=held.st)
 
     def _take(self, held, now):
-        try:
-            doc = self._judged(held, now)
-        except (InvalidJob, NotAJobFile) as exc:
-            if now - held.st.st_mtime < self.home.settings.settle_seconds:
-                # A writer may still be at work on it in place: put it back, look later.
-                lifecycle.unclaim(self.home, held)
-                name = held.job_id + jobmod.JOB_SUFFIX
-                self.unsettled[(held.origin, name)] = held.st.st_mtime + \
-                    self.home.settings.settle_seconds
-                return False
-            lifecycle.reject_claimed(self.home, held, str(exc), now)
+        verdict = self._judge_claimed(held, now)
+        if verdict.action == "wait":
+            # A writer may still be at work on it in place: put it back, look later.
+            lifecycle.unclaim(self.home, held)
+            self.unsettled[(held.origin, held.job_id + jobmod.JOB_SUFFIX)] = verdict.until
+            return False
+        if verdict.action != "take":
+            lifecycle.reject_claimed(self.home, held, verdict.reason, now)
             return True
+        doc = verdict.doc
         due = lifecycle._due(doc, now)
         if due > now:
             lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
