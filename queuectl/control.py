@@ -55,7 +55,7 @@ def _apply(home, job_id, allowed, verb, move):
     try:
         doc = lifecycle.parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
-        home.spool.unclaim(held)
+        lifecycle.unclaim(home, held)
         raise InvalidJob(f"job {job_id!r} cannot be read: {exc}") from None
     if move(home, held, doc, now) is None:
         raise WrongState(f"job {job_id!r} could not be {verb}: its id is taken (see rejected/)")
