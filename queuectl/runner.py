@@ -304,6 +304,8 @@ def spawn(command, cwd, env, log_fd, lock_fd):
             ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=log_fd, stderr=log_fd, pass_fds=(lock_fd,) if lock_fd >= 0 else (),
             start_new_session=True)
+    if not _INHERITED_FDS_CLOSED:
+        close_inherited_fds_on_exec()
     actions = [(os.POSIX_SPAWN_OPEN, 0, _DEVNULL, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
     here = None
@@ -329,6 +331,28 @@ def spawn(command, cwd, env, log_fd, lock_fd):
             finally:
                 os.close(here)
     return Process(pid)
+
+
+_INHERITED_FDS_CLOSED = []
+
+
+def close_inherited_fds_on_exec():
+    """Mark every fd above 2 close-on-exec, once per process (at its first spawn).
+    posix_spawn passes on whatever is inheritable, where Popen's close_fds closed it: fds a
+    worker inherited from whoever started it (a shell, systemd) must not reach its jobs.
+    The fds queuectl opens itself are close-on-exec already (watcher sees to inotify's)."""
+    _INHERITED_FDS_CLOSED.append(True)
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 1024)]
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
 
 
 def _cwd():
