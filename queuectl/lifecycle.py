@@ -6,8 +6,12 @@ complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
 A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
-instead, so nothing is ever overwritten or lost."""
+instead, so nothing is ever overwritten or lost.
 
+Lifecycle decides and records: a worker hands the end of an attempt over as what happened
+(finish_attempt with the run's result), and the move it leads to is chosen here; every
+move records itself (_record: the job's index row and, for the end of an attempt, its
+outcome in the metrics), so no caller counts outcomes."""
 
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob

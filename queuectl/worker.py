@@ -28,8 +28,8 @@ INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked i
 # Index updates are grouped: committed at most this often while jobs run back to back, and
 # whenever the worker goes idle, stops, or a job runs longer than this.
 INDEX_GROUP_SECONDS = 0.02
-CANCEL_CHECK_AFTER = 0.05    # a job is first checked for a cancel request this long after it starts
-JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (see _judged)
+CANCEL_CHECK_AFTER = 0.05    # a job's first look for a cancel marker, after its start
+JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (_judge_claimed)
 TAKE_FROM = ("pending", "failed")
 
 
