@@ -4,7 +4,6 @@ the library (QueueError) become "Error: ..." on stderr and their exit code in on
 only for usage errors (unknown command or option, missing argument); Ctrl-C exits 130. Heavy modules (watchdog, psutil)
 are imported only by the commands that need them, so `enqueue` stays fast."""
 
-import logging
 import os
 import sys
 
@@ -13,6 +12,7 @@ import click
 from . import render
 from .errors import QueueError
 from .home import Home
+from .logs import log
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -65,15 +65,25 @@ _LOG_SETUP = []
 
 
 def _quiet_logging():
+    if not log.materialised:
+        return
+    import logging
     logger = logging.getLogger("queuectl")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
 
 
-def _home(ctx, write=False):
-    """The Home of this call. Reading commands never create anything: without a queue they
-    fail with NoQueue. Writing commands (write=True) create the whole layout first."""
+def _null_handler():
+    import logging
+    logging.getLogger("queuectl").addHandler(logging.NullHandler())
+
+
+def _home(ctx, write=False, lazy_log=False):
+    """The Home of this call, with its log set up. Reading commands never create anything:
+    without a queue they fail with NoQueue. Writing commands (write=True) create the whole
+    layout first. lazy_log (enqueue): set up the log, and import logging, only when a line
+    is logged (logs.py)."""
     home = ctx.find_object(Home)
     if write:
         if not home.exists():
@@ -82,7 +92,19 @@ def _home(ctx, write=False):
         home.require()
     if _LOG_SETUP and _LOG_SETUP[-1] is home:
         _LOG_SETUP.pop()
-        home.configure_logging("cli", rotate=False)
+        if lazy_log:
+            def setup():
+                home.configure_logging("cli", rotate=False)
+            log.defer_setup(setup, "DEBUG")     # a warning while reading settings sets up
+            try:
+                home.make_data_dir("logs")      # as the setup would (a new home's settings
+            except OSError:                     # file is written where data/ exists)
+                pass
+            level = home.settings.log_level
+            if log.pending:
+                log.defer_setup(setup, level)
+        else:
+            home.configure_logging("cli", rotate=False)
     return home
 
 
@@ -115,7 +137,7 @@ def main(ctx, home_dir, spool_dir, data_dir):
     """
     ctx.obj = Home(home_dir, spool_dir, data_dir)
     ctx.call_on_close(ctx.obj.close)
-    logging.getLogger("queuectl").addHandler(logging.NullHandler())
+    log.defer_setup(_null_handler, "DEBUG")
     if ctx.invoked_subcommand not in (None, "worker"):
         ctx.call_on_close(_quiet_logging)
         _LOG_SETUP.append(ctx.obj)
@@ -176,7 +198,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       cat jobs.jsonl | queuectl enqueue -
     """
     from . import submit
-    home = _home(ctx, write=True)
+    home = _home(ctx, write=True, lazy_log=True)
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:
@@ -686,7 +708,8 @@ def worker_start(ctx, count, foreground, quiet):
         check_spool(home)          # refuse before announcing anything
         if not quiet:
             click.echo(render.foreground_text(count, home.home, home.spool.is_paused()))
-        sys.exit(pool.run_foreground(home, count))
+        from .supervisor import run_foreground
+        sys.exit(run_foreground(home, count))
     started = pool.start(home, count)
     click.echo(render.started_text(started, count, home.home, home.spool.is_paused()))
 

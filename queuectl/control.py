@@ -55,7 +55,7 @@ def _apply(home, job_id, allowed, verb, move):
     try:
         doc = lifecycle.parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
-        home.spool.unclaim(held)
+        lifecycle.unclaim(home, held)
         raise InvalidJob(f"job {job_id!r} cannot be read: {exc}") from None
     if move(home, held, doc, now) is None:
         raise WrongState(f"job {job_id!r} could not be {verb}: its id is taken (see rejected/)")
@@ -112,8 +112,6 @@ def cancel(home, ids, running=False):
         state = _locate(home, job_id, ("pending", "failed", "processing"), "cancelled")
         if state != "processing":
             _apply(home, job_id, ("pending", "failed"), "cancelled", lifecycle.cancel)
-            home.index_safely("metrics", home.index.record_outcome, "cancelled", home.clock(),
-                              None, None)
             return f"cancelled (was {state}; now in dead/)"
         if not running:
             raise WrongState(f"job {job_id!r} is running; use --running to kill and cancel it")

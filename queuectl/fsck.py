@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from . import job as jobmod
 from . import lifecycle
 from .config import foreign_after
-from .ingest import examine, reindex
+from .ingest import judge, reindex
 from .spool import JOB_STATES, display_name, is_candidate
 
 STALE_TMP_SECONDS = 86400
@@ -111,8 +111,8 @@ def _check_files(home, repair, now, problems):
             continue
         for name in home.spool.names(state):
             where = f"{state}/{display_name(name)}"
-            verdict = examine(home, state, name, now)
-            if verdict.doc is None and not verdict.gone and not verdict.unsettled:
+            verdict = judge(home, state, name, now)
+            if verdict.action == "reject":
                 problem = Problem("not-a-job", where, verdict.reason)
                 if repair:
                     lifecycle.reject(home, state, name, verdict.reason, now=now)

@@ -7,7 +7,6 @@ created until the first write: commands that only read call `require()`, which r
 NoQueue where there is no spool, and commands that write call `create()`, which makes the
 whole layout (so spool/pending/ exists for drop-ins from the start)."""
 
-import logging
 import os
 import time
 
@@ -15,8 +14,8 @@ from .config import Settings
 from .errors import NoQueue
 from .index import Index
 from .spool import Spool
+from .logs import log
 
-log = logging.getLogger("queuectl")
 # After an index update times out on another process's lock, skip index updates this long
 # rather than queue behind the lock job after job; ingest repairs the rows afterwards.
 INDEX_PAUSE_SECONDS = 10
@@ -41,6 +40,7 @@ class Home:
         self._last_good = None       # the last settings read from data/config.json
         self._logged_note = None
         self._index_paused_until = 0.0
+        self._deferred = None        # index updates waiting for flush_index, when grouping
 
     @property
     def settings(self):
@@ -123,11 +123,46 @@ class Home:
                             "updates for %ds", INDEX_PAUSE_SECONDS)
             return None
 
+    def group_index_updates(self):
+        """From now on index_update only queues its update; flush_index writes the queue in
+        one transaction. A worker does this: one commit for several moves instead of one per
+        move. The spool is already right when an update is queued, and a queue lost with its
+        process is what a failed index update is too: the next ingest repairs the rows (the
+        moves changed their directories' mtimes after any earlier look)."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def index_update(self, what, fn, *args):
+        """An index update that follows a spool move (see index_safely); queued while
+        updates are grouped (group_index_updates)."""
+        if self._deferred is None:
+            return self.index_safely(what, fn, *args)
+        self._deferred.append((fn, args))
+        return None
+
+    def index_pending(self):
+        return bool(self._deferred)
+
+    def flush_index(self):
+        """Write the queued index updates in one transaction (best effort, as index_safely:
+        if it fails, all of them are dropped and ingest repairs the rows)."""
+        queued = self._deferred
+        if not queued:
+            return
+        self._deferred = []
+        self.index_safely("index updates", self._apply, queued)
+
+    def _apply(self, queued):
+        with self.index.transaction():
+            for fn, args in queued:
+                fn(*args)
+
     def configure_logging(self, name="queuectl", rotate=True):
         """Send this process's log lines to data/logs/queuectl.log, at the configured level,
         with the process name and pid on every line. Never prints. Long-lived processes
         (workers, supervisor) rotate the file; short CLI calls only append (rotation needs
         logging.handlers, which costs enqueue ~5 ms to import)."""
+        import logging
         logger = logging.getLogger("queuectl")
         logger.propagate = False
         for handler in list(logger.handlers):

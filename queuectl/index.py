@@ -7,14 +7,13 @@ one short transaction; a database that SQLite cannot read is moved aside and rec
 caller then rescans the spool). Only this module imports sqlite3."""
 
 import json
-import logging
 import os
 import sqlite3
 import time
 
 from .job import parse_time
+from .logs import log
 
-log = logging.getLogger("queuectl")
 
 SCHEMA_VERSION = 4      # 3: jobs.version; 4: the backlog table (created by SCHEMA)
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
@@ -225,8 +224,13 @@ class Index:
         """Insert or update rows (from job_row), never replacing a newer one (NEWER)."""
         marks = ",".join("?" * len(ROW_COLUMNS))
         updates = ",".join(f"{c}=excluded.{c}" for c in ROW_COLUMNS[1:])
-        self.db.executemany(f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
-                            f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}", rows)
+        sql = (f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
+               f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}")
+        if len(rows) == 1:
+            self.db.execute(sql, rows[0])
+            return
+        with self.transaction():     # one commit for a batch, not one per row
+            self.db.executemany(sql, rows)
 
     def insert_new(self, rows):
         """Insert rows for ids not yet indexed; existing rows (fresher) are left alone."""
@@ -460,16 +464,23 @@ class Index:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (the writer lock is taken up front
-    so two writers never deadlock upgrading read locks)."""
+    so two writers never deadlock upgrading read locks). Inside an open transaction (a
+    worker's grouped updates) it only joins it: the outer one commits or rolls back."""
 
     def __init__(self, db):
         self.db = db
+        self.joined = False
 
     def __enter__(self):
+        if self.db.in_transaction:
+            self.joined = True
+            return self.db
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
+        if self.joined:
+            return False
         if exc_type is None:
             self.db.execute("COMMIT")
         elif self.db.in_transaction:

@@ -1,6 +1,7 @@
-"""Ingest: bring the index in line with the spool. `examine` decides what one file is (a
-job, not yet settled, or to be rejected); `ingest` rescans the directories changed since the
-last look; `reindex` rebuilds everything from a full scan.
+"""Ingest: bring the index in line with the spool. `judge` is the one judge of a file (take,
+wait, reject or gone), for ingest and for workers (before and under a claim); `settle`
+carries a verdict out; `ingest` rescans the directories changed since the last look;
+`reindex` rebuilds everything from a full scan.
 
 Why mtimes: a directory whose mtime is unchanged since the last look holds the same names, so
 `status` stays fast at 100,000 jobs. Timestamps are coarse, so a directory modified within
@@ -23,51 +24,62 @@ RACY_SECONDS = 3
 
 @dataclass
 class Verdict:
-    doc: dict = None          # the completed job, when it is one
-    reason: str = None        # why it is not a job
-    unsettled: bool = False   # may still be being written: look again later
-    gone: bool = False        # vanished while we looked (moved by someone else)
+    """What judge() says about a file: `action` is "take" (a job: doc), "wait" (it may
+    still be being written: look again at `until`), "reject" (not a job: reason) or "gone"
+    (it vanished while we looked: someone else moved it)."""
+    action: str
+    doc: dict = None          # the completed job, for "take"
+    reason: str = None        # why it is not a job, for "reject" and "wait"
+    until: float = 0.0        # for "wait": when its settle time is over
     st: os.stat_result = None
+    data: bytes = None        # the bytes judged, for "take"
+
+    @property
+    def unsettled(self):
+        return self.action == "wait"
+
+    @property
+    def gone(self):
+        return self.action == "gone"
 
 
-def examine(home, state, name, now):
-    """Read and validate <state>/<name> without moving it."""
+def judge(home, state, name, now, data=None, st=None):
+    """The one judge of a file in the spool (<state>/<name>): take, wait, reject or gone
+    (Verdict). Reads the file safely (spool.read), or judges `data` and `st` already read
+    (a claim's, under its lock), the same way: a file that does not parse as a job waits
+    while its mtime is within settle_seconds (a writer may be at work), else is rejected."""
     stem = name[:-len(jobmod.JOB_SUFFIX)]
     try:
         jobmod.check_id(stem, "file name")
     except InvalidJob as exc:
-        return Verdict(reason=f"{display_name(name)}: {exc}")
-    try:
-        data, st = home.spool.read(state, name)
-    except NotAJobFile as exc:
-        return Verdict(reason=exc.reason, gone=exc.gone)
+        return Verdict("reject", reason=f"{display_name(name)}: {exc}")
+    if data is None:
+        try:
+            data, st = home.spool.read(state, name)
+        except NotAJobFile as exc:
+            return Verdict("gone" if exc.gone else "reject", reason=exc.reason)
     try:
         doc = jobmod.validate(jobmod.loads_object(data), stem=stem)
     except InvalidJob as exc:
-        settle = home.settings.settle_seconds
-        return Verdict(reason=str(exc), st=st, unsettled=now - st.st_mtime < settle)
+        until = st.st_mtime + home.settings.settle_seconds
+        return Verdict("wait" if now < until else "reject", reason=str(exc), st=st,
+                       until=until)
     # The mtime only stands in for a missing created_at (capped at now: a future mtime from
     # `cp -p` or clock skew is no creation time); it never schedules the job.
     defaults = {"max_retries": home.settings.max_retries,
                 "created_at": jobmod.iso(min(st.st_mtime, now))}
-    return Verdict(doc=jobmod.complete(doc, defaults, now), st=st)
+    return Verdict("take", doc=jobmod.complete(doc, defaults, now), st=st, data=data)
 
 
-def settle_deadline(verdict, home):
-    return verdict.st.st_mtime + home.settings.settle_seconds if verdict.st else 0
-
-
-def handle_bad(home, state, name, verdict, now):
-    """Reject a file that is not a job (unless it may still be being written or sits in
-    processing/, which is recovery's). Returns True if the file is settled."""
-    if verdict.gone:
-        return True
-    if verdict.unsettled:
+def settle(home, state, name, verdict, now):
+    """Carry out a verdict other than take: "reject" moves the file to rejected/ (except in
+    processing/, which is recovery's). Returns False while the file must be looked at
+    again later ("wait"), True once it is settled."""
+    if verdict.action == "wait":
         return False
-    if state == "processing":
-        return True
-    size = verdict.st.st_size if verdict.st else None
-    _reject(home, state, name, verdict.reason, size, now)
+    if verdict.action == "reject" and state != "processing":
+        size = verdict.st.st_size if verdict.st else None
+        _reject(home, state, name, verdict.reason, size, now)
     return True
 
 
@@ -109,9 +121,9 @@ def _sync_state(home, state, now):
         stems.add(stem)
         if stem in indexed:
             continue
-        verdict = examine(home, state, name, now)
+        verdict = judge(home, state, name, now)
         if verdict.doc is None:
-            settled &= handle_bad(home, state, name, verdict, now)
+            settled &= settle(home, state, name, verdict, now)
             continue
         dup = _duplicate_of(home, stem, state) if state == "pending" else None
         if dup:
@@ -140,7 +152,7 @@ def _resettle(home, job_id, stale_state, now):
     if not where:
         home.index.delete_if(job_id, stale_state)
         return
-    verdict = examine(home, where[0], job_id + jobmod.JOB_SUFFIX, now)
+    verdict = judge(home, where[0], job_id + jobmod.JOB_SUFFIX, now)
     if verdict.doc is not None:
         home.index.move_if(job_id, stale_state, _row(verdict, where[0], now))
 

@@ -6,6 +6,7 @@ Invariants: a validated job is a dict whose known fields have the types in FIELD
 raise InvalidJob listing every problem found, each naming the field and the bad value."""
 
 import json
+import json.encoder
 import math
 import os
 import re
@@ -13,6 +14,7 @@ from datetime import datetime, timezone
 
 from .errors import InvalidJob
 
+_encode_basestring = json.encoder.encode_basestring     # ensure_ascii=False's, in C
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 JOB_SUFFIX = ".json"
 
@@ -35,13 +37,44 @@ MAX_NESTING = 256
 
 # ---- time -------------------------------------------------------------------------------
 
+_iso_second = [None, ""]     # the last whole second formatted, and its text
+
+
 def iso(ts):
-    """Epoch seconds -> ISO-8601 UTC with microseconds, fixed width so strings sort."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Epoch seconds -> ISO-8601 UTC with microseconds, fixed width so strings sort. The
+    same text as datetime's strftime("%Y-%m-%dT%H:%M:%S.%fZ") (the fraction rounded half to
+    even as datetime.fromtimestamp does), with the whole second's text reused from the last
+    call: a worker formats several times per job within one second."""
+    frac, whole = math.modf(ts)
+    micro = round(frac * 1e6)
+    if micro >= 1000000:
+        whole, micro = whole + 1, micro - 1000000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1000000
+    whole = int(whole)
+    if _iso_second[0] != whole:
+        text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second[0], _iso_second[1] = whole, text
+    return f"{_iso_second[1]}.{micro:06d}Z"
+
+
+_parsed = {}     # text -> epoch seconds, for the few times a worker reads again and again
 
 
 def parse_time(text):
     """ISO-8601 -> epoch seconds; a time without an offset is taken as UTC."""
+    try:
+        return _parsed[text]
+    except (KeyError, TypeError):
+        pass
+    value = _parse_time(text)
+    if len(_parsed) > 2048:
+        _parsed.clear()
+    _parsed[text] = value
+    return value
+
+
+def _parse_time(text):
     if not isinstance(text, str):
         raise ValueError("not a string")
     value = text.strip()
@@ -220,8 +253,42 @@ def loads_object(data):
 
 
 def dumps(job):
-    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order."""
-    return (json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order. Exactly
+    json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False) + newline; a job whose
+    values are all scalars (every job the queue writes, unless a submitter added nested
+    keys) is written by _dumps_flat, since json's indenting encoder is pure Python."""
+    text = _dumps_flat(job) if job else None
+    if text is None:
+        text = json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode()
+
+
+def _dumps_flat(job):
+    """The indent=2 JSON text of a dict of str keys and scalar values; None otherwise."""
+    quote = _encode_basestring
+    parts = []
+    for key, value in job.items():
+        if type(key) is not str:
+            return None
+        kind = type(value)
+        if kind is str:
+            text = quote(value)
+        elif value is None:
+            text = "null"
+        elif value is True:
+            text = "true"
+        elif value is False:
+            text = "false"
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is float:
+            if not math.isfinite(value):
+                return None          # json.dumps raises the error
+            text = float.__repr__(value)
+        else:
+            return None
+        parts.append(f"  {quote(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}"
 
 
 def _json_type(value):

@@ -7,30 +7,53 @@ complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
 A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
-instead, so nothing is ever overwritten or lost."""
+instead, so nothing is ever overwritten or lost.
 
-import logging
+Lifecycle decides and records: a worker hands the end of an attempt over as what happened
+(finish_attempt with the run's result), and the move it leads to is chosen here; every
+move records itself (_record: the job's index row and, for the end of an attempt, its
+outcome in the metrics), so no caller counts outcomes."""
 
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob
 from .index import job_row
 from .spool import NotAJobFile, display_name
+from .logs import DEBUG, log
 
-log = logging.getLogger("queuectl")
+_generated = set()      # ids prepare generated (new, so publish need not look for them)
 
+# move: (the states it takes a job from, the state it leads to). Every rewriting move goes
+# through processing/ under the job's flock; _finish looks its destination up here.
 MOVES = {
     "publish": (None, "pending"),
     "claim": ("pending|failed|dead", "processing"),
     "complete": ("processing", "completed"),
     "fail": ("processing", "failed"),
     "bury": ("processing", "dead"),
+    "cancel": ("processing", "dead"),
     "requeue": ("processing", "pending"),
+    "revive": ("processing", "pending"),
+    "retry": ("processing", "pending"),
     "reject": ("any", "rejected"),
 }
+# What each move out of an attempt counts in the metrics (moves not listed count nothing).
+OUTCOMES = {"complete": "completed", "fail": "failed", "bury": "failed", "cancel": "cancelled",
+            "requeue": "requeued"}
 
 
 def _index_job(home, what, job, state, now):
-    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job, now))])
+    home.index_update(what, home.index.upsert, [job_row(job, state, _due(job, now))])
+
+
+def _record(home, move, job, state, now, wait_s=None, run_s=None):
+    """Record a finished move in the index: the job's row and, for the end of an attempt,
+    its outcome (OUTCOMES; a burial counts as a failed attempt plus a dead job). This is
+    the only place outcomes are counted."""
+    _index_job(home, move, job, state, now)
+    outcome = OUTCOMES.get(move)
+    if outcome is not None:
+        home.index_update("metrics", home.index.record_outcome, outcome, now, wait_s, run_s,
+                          ("dead",) if move == "bury" else ())
 
 
 def _due(job, now):
@@ -49,6 +72,7 @@ def prepare(home, doc, now):
     doc = jobmod.validate(dict(doc))
     if doc.get("id") is None:
         doc["id"] = jobmod.new_id(now)
+        _generated.add(doc["id"])
     return jobmod.complete(doc, {"max_retries": home.settings.max_retries}, now)
 
 
@@ -57,16 +81,21 @@ def publish(home, docs, now):
     already in the spool or repeated in the batch raises DuplicateId and writes nothing."""
     seen = set()
     for doc in docs:
-        if doc["id"] in seen or home.spool.find(doc["id"]):
+        # A generated id (new_id: the time to the microsecond plus 40 random bits) is new;
+        # only ids a submitter chose are looked for in the spool.
+        chosen = doc["id"] not in _generated
+        _generated.discard(doc["id"])
+        if doc["id"] in seen or chosen and home.spool.find(doc["id"]):
             raise DuplicateId(f"a job with id {doc['id']!r} already exists")
         seen.add(doc["id"])
     home.spool.ensure_layout()
     home.spool.publish_many([(doc["id"], jobmod.dumps(doc)) for doc in docs])
     written = docs
-    home.index_safely("enqueue", home.index.upsert,
+    home.index_update("enqueue", home.index.upsert,
                       [job_row(d, "pending", _due(d, now)) for d in written])
-    for doc in written:
-        log.info("enqueued %s: %s", doc["id"], doc["command"][:200])
+    if log.isEnabledFor(DEBUG):      # per job, so DEBUG (and enqueue imports no logging)
+        for doc in written:
+            log.debug("enqueued %s: %s", doc["id"], doc["command"][:200])
     return [d["id"] for d in written]
 
 
@@ -89,12 +118,42 @@ def claim(home, state, job_id):
 
 
 def mark_running(home, doc, now):
+    """Index a job as running. Called once its command has been spawned, never between the
+    claim and the spawn (nothing but the spawn may delay a job's start)."""
     _index_job(home, "claim", doc, "processing", now)
 
 
 # ---- finishing (all from processing/) ---------------------------------------------------
 
-def _finish(home, claim, doc, dest, what, now):
+def finish_attempt(home, claim, doc, result, now):
+    """The end of an attempt: the run's result (runner.Result) decides the move. Cancelled
+    -> dead; stopped with its worker -> pending, no attempt counted; ok -> completed; any
+    other failure -> failed (retried with backoff) or dead. Returns the new state (None if
+    the job went to rejected/ over a taken id)."""
+    wait_s = max(0.0, result.started_at - max(_ts(doc.get("created_at")),
+                                              _ts(doc.get("run_at")))) \
+        if result.started_at else None
+    if result.cancelled:
+        home.spool.clear_cancel(doc["id"])
+        return cancel(home, claim, doc, now, wait_s, result.duration_s)
+    if result.stopped:
+        return requeue(home, claim, doc, now)
+    if result.ok:
+        return complete(home, claim, doc, result, now, wait_s)
+    return fail(home, claim, doc, result.error, result.exit_code, result.duration_s, now,
+                wait_s)
+
+
+def _ts(stamp):
+    try:
+        return jobmod.parse_time(stamp) if stamp else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _finish(home, claim, doc, move, now, wait_s=None, run_s=None):
+    """Rewrite the claimed job into MOVES[move]'s state and record the move."""
+    dest = MOVES[move][1]
     doc["updated_at"] = jobmod.iso(now)
     try:
         try:
@@ -114,37 +173,39 @@ def _finish(home, claim, doc, dest, what, now):
         log.error("job %s could not move to %s/: %s; kept as rejected/%s",
                   claim.job_id, dest, exc, moved)
         return None
-    _index_job(home, what, doc, dest, now)
+    _record(home, move, doc, dest, now, wait_s, run_s)
     return dest
 
 
-def complete(home, claim, doc, result, now):
+def complete(home, claim, doc, result, now, wait_s=None):
     doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=result.exit_code,
                duration_s=result.duration_s, finished_at=jobmod.iso(now), last_error=None)
     doc.pop("run_at", None)
-    state = _finish(home, claim, doc, "completed", "complete", now)
-    log.info("completed %s (attempt %d, %.3fs)", doc["id"], doc["attempts"], result.duration_s)
+    state = _finish(home, claim, doc, "complete", now, wait_s, result.duration_s)
+    if log.isEnabledFor(DEBUG):
+        log.debug("completed %s (attempt %d, %.3fs)", doc["id"], doc["attempts"],
+                  result.duration_s)
     return state
 
 
-def fail(home, claim, doc, error, exit_code, duration_s, now):
+def fail(home, claim, doc, error, exit_code, duration_s, now, wait_s=None):
     """Count the attempt; retry later with backoff, or bury once retries are exhausted."""
     doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=exit_code, last_error=error,
                duration_s=duration_s, finished_at=jobmod.iso(now))
     if jobmod.is_exhausted(doc):
-        return bury(home, claim, doc, now)
+        return bury(home, claim, doc, now, wait_s)
     settings = home.settings
     delay = jobmod.retry_delay(doc["attempts"], settings.backoff_base, settings.backoff_max)
     doc["run_at"] = jobmod.iso(now + delay)
-    state = _finish(home, claim, doc, "failed", "fail", now)
+    state = _finish(home, claim, doc, "fail", now, wait_s, duration_s)
     log.info("failed %s (attempt %d of %d): %s; retry in %gs", doc["id"], doc["attempts"],
              doc["max_retries"] + 1, error, delay)
     return state
 
 
-def bury(home, claim, doc, now):
+def bury(home, claim, doc, now, wait_s=None):
     doc.pop("run_at", None)
-    state = _finish(home, claim, doc, "dead", "bury", now)
+    state = _finish(home, claim, doc, "bury", now, wait_s, doc.get("duration_s"))
     log.warning("dead %s after %d attempts: %s", doc["id"], doc["attempts"],
                 doc.get("last_error"))
     return state
@@ -152,7 +213,7 @@ def bury(home, claim, doc, now):
 
 def requeue(home, claim, doc, now, reason="worker stopping"):
     """Back to pending/ without counting an attempt (graceful stop, paused or unready)."""
-    state = _finish(home, claim, doc, "pending", "requeue", now)
+    state = _finish(home, claim, doc, "requeue", now)
     log.info("requeued %s: %s", doc["id"], reason)
     return state
 
@@ -168,7 +229,7 @@ def revive(home, claim, doc, now):
     for name in ATTEMPT_FIELDS:
         doc.pop(name, None)
     doc.update(attempts=0, run_at=jobmod.iso(now))
-    state = _finish(home, claim, doc, "pending", "revive", now)
+    state = _finish(home, claim, doc, "revive", now)
     log.info("revived %s from the dead letter queue", doc["id"])
     return state
 
@@ -176,15 +237,15 @@ def revive(home, claim, doc, now):
 def run_now(home, claim, doc, now):
     """A failed job waiting for its retry time becomes ready now (attempts kept)."""
     doc["run_at"] = jobmod.iso(now)
-    state = _finish(home, claim, doc, "pending", "retry", now)
+    state = _finish(home, claim, doc, "retry", now)
     log.info("retry now %s", doc["id"])
     return state
 
 
-def cancel(home, claim, doc, now):
+def cancel(home, claim, doc, now, wait_s=None, run_s=None):
     doc.update(last_error="cancelled", finished_at=jobmod.iso(now))
     doc.pop("run_at", None)
-    state = _finish(home, claim, doc, "dead", "cancel", now)
+    state = _finish(home, claim, doc, "cancel", now, wait_s, run_s)
     log.info("cancelled %s", doc["id"])
     return state
 
@@ -197,11 +258,11 @@ def reject(home, state, name, reason, size=None, now=0.0):
     if stored is None:
         return None
     shown = display_name(stored)
-    home.index_safely("reject", home.index.upsert_rejected,
+    home.index_update("reject", home.index.upsert_rejected,
                       [(shown, reason, jobmod.iso(now), size)])
     if state != "rejected" and name.endswith(jobmod.JOB_SUFFIX):
         job_id = display_name(name)[:-len(jobmod.JOB_SUFFIX)]
-        home.index_safely("reject", home.index.delete_if, job_id, state)
+        home.index_update("reject", home.index.delete_if, job_id, state)
     log.warning("rejected %s/%s -> rejected/%s: %s", state, display_name(name), shown, reason)
     return shown
 

@@ -7,15 +7,21 @@ rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, faile
 attempt, including those a recovery counted), dead (jobs that exhausted their retries),
 requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
 run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s, worker_summary{total, busy,
-idle, other, uptime_s, cpu_percent, rss_mb} (CPU and memory include the jobs' processes)."""
+idle, other, uptime_s, cpu_percent, rss_mb} (CPU and memory include the jobs' processes).
 
+Also a worker's own reporting: its heartbeat row and the Prometheus textfile (heartbeat,
+write_textfile), best effort: nothing here may stop a worker."""
+
+import logging
+import os
 import time
 
-from . import runner
+from . import render, runner
 from .ingest import ingest
 from .queries import worker_summary
 from .spool import JOB_STATES
 
+log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = 2
 STALE_AFTER = 3 * HEARTBEAT_SECONDS
 WINDOW_SECONDS = 900
@@ -183,3 +189,49 @@ def worker_rows(home):
             row["state"] = "stale"
         rows.append(row)
     return rows
+
+
+# ---- a worker's own reporting ------------------------------------------------------------------
+
+def heartbeat(home, record, label, ingest_first=True):
+    """Record a worker's heartbeat (record: the index's worker columns but the process
+    figures, added here) in the index, best effort, and keep the metrics textfile fresh.
+    Returns the record as written."""
+    try:
+        home.index.reopen_if_replaced()
+    except Exception as exc:
+        log.warning("%s: index unavailable (%s)", label, exc)
+    try:
+        cpu, rss = runner.process_stats()
+    except Exception:
+        cpu, rss = None, None
+    record = dict(record, heartbeat_at=time.time(), cpu_percent=cpu, rss_bytes=rss)
+    home.index_safely("heartbeat", home.index.heartbeat, record)
+    if home.settings.metrics_textfile:
+        write_textfile(home, home.settings.metrics_textfile, ingest_first)
+    return record
+
+
+def write_textfile(home, path, ingest_first=True):
+    """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
+    older than a heartbeat interval, so the queries run about once per interval in all;
+    tmp + fsync + rename, so node_exporter never reads half a file. Never raises."""
+    try:
+        if time.time() - os.stat(path).st_mtime < HEARTBEAT_SECONDS:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("metrics textfile %s: %s", path, exc)
+        return
+    try:
+        text = render.prometheus_text(report(home, worker_rows(home),
+                                             ingest_first=ingest_first))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as exc:    # metrics must never stop the worker
+        log.warning("could not write metrics textfile %s: %s", path, exc)

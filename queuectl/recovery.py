@@ -10,13 +10,12 @@ log = logging.getLogger("queuectl")
 
 
 def recover_one(home, job_id, now):
-    """lifecycle.recover plus the outcome counters (a recovered attempt is a failed one)."""
+    """lifecycle.recover (which counts a recovered attempt as a failed one), and the end line
+    the dead worker could not write into the attempt's output log."""
     result = lifecycle.recover(home, job_id, now)
     if result in ("failed", "dead"):
         runner.end_interrupted_log(home.spool.output_path(job_id),
                                    f"worker died (found by recovery at {jobmod.iso(now)})")
-        home.index_safely("metrics", home.index.record_outcome, "failed", now, None, None,
-                          ("dead",) if result == "dead" else ())
     return result
 
 

@@ -6,16 +6,27 @@ itself exits, even if the worker is SIGKILLed: a job is never run twice at the s
 Killing always targets the whole process group, and a kill waits until no member of the
 group is left. Spawn failures become a Result, never an exception.
 
-Why no PR_SET_PDEATHSIG here: setting it needs a preexec_fn, which forces a full fork() of the
-worker instead of vfork and cost 30% of throughput in bench/. The supervisor makes the job
-die with its worker instead: it is the jobs' subreaper and kills a dead worker's job group
-(pool.py), which also catches the grandchildren PDEATHSIG would miss."""
+The spawn is os.posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK) + exec) with setsid, stdin
+/dev/null, stdout and stderr the log, and the lock fd made inheritable for just that call;
+every other fd the worker holds is close-on-exec (Python's default; the inotify fd is set so
+by watcher). posix_spawn has no chdir, so the worker changes into the job's directory around
+the call and back (only when it is the process's only thread: the directory is process-wide);
+otherwise, and where posix_spawn is missing, subprocess.Popen does the same spawn. Either
+way the job is a direct child, its own session and group, holding the lock.
+
+Why no PR_SET_PDEATHSIG here: neither posix_spawn nor a vfork-ing Popen can set it (it needs
+code between fork and exec: a preexec_fn forces a full fork() of the worker and cost 30% of
+throughput in bench/). The supervisor makes the job die with its worker instead: it is the
+jobs' subreaper and kills a dead worker's job group (supervisor.py), which also catches the
+grandchildren PDEATHSIG would miss."""
 
 import ctypes
 import errno
 import os
+import select
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,6 +52,8 @@ class Result:
     error: str = None          # None on success; else a one-line reason
     timed_out: bool = False
     stopped: bool = False      # killed because the worker was stopping
+    cancelled: bool = False    # killed because `cancel --running` asked for it
+    started_at: float = None   # wall clock (epoch) when the command was started
 
     @property
     def ok(self):
@@ -71,6 +84,7 @@ class RunningJob:
         # Every attribute is set before anything can fail: the worker reads them all
         # whatever happened (a missing one once left the job in processing/ as "died").
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.proc = None
         self.pidfd = None
         self.spawn_error = None
@@ -95,10 +109,7 @@ class RunningJob:
             self.exit_code = None
             return
         try:
-            self.proc = subprocess.Popen(
-                ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=self.log_fd, stderr=self.log_fd, pass_fds=(lock_fd,),
-                start_new_session=True, preexec_fn=None)
+            self.proc = spawn(command, cwd, env, self.log_fd, lock_fd)
         except OSError as exc:
             self.spawn_error = f"cannot start: {exc.strerror}: {exc.filename or cwd}"
             _write_quietly(self.log_fd, f"{self.spawn_error}\n")
@@ -114,6 +125,30 @@ class RunningJob:
 
     def poll(self):
         return self.proc.poll() if self.proc else -1
+
+    def wait(self, timeout, wake=(), check=None):
+        """Wait until the job ends, waking when one of `wake` (objects with fileno(): a
+        self-pipe, an inotify fd) is readable, and at least every second. The time limit
+        (seconds, or None) kills the group and sets timed_out. At every wake check() (if
+        given) returns (reason, seconds until it wants to be asked again): reason
+        "stopped" or "cancelled" kills the group and sets that flag; None carries on."""
+        deadline = self.started + timeout if timeout else None
+        while self.poll() is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.timed_out = timeout
+                self.kill_group()
+                return
+            reason, within = check() if check is not None else (None, 1.0)
+            if reason is not None:
+                setattr(self, reason, True)
+                self.kill_group()
+                return
+            limit = max(0.0, min(1.0, within, deadline - now if deadline else 1.0))
+            if self.pidfd is None:
+                select.select(list(wake), [], [], min(0.01, limit))   # no pidfd: poll
+            else:
+                select.select([*wake, self.pidfd], [], [], limit)
 
     def signal_group(self, signum):
         try:
@@ -147,10 +182,12 @@ class RunningJob:
         else:
             code = self.proc.wait()
             result = _result(code, duration, self.timed_out, self.stopped)
+            result.cancelled = self.cancelled
             if not result.ok and not result.timed_out and not result.stopped:
                 tail = self._last_line()
                 if tail:
                     result.error = f"{result.error}: {tail}"
+        result.started_at = self.started_at
         outcome = "ok" if result.ok else result.error
         if self.log_fd is not None:
             _write_quietly(self.log_fd, f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n")
@@ -230,14 +267,119 @@ def header(job_id, attempt, worker_label, now_text):
     return f"=== queuectl {job_id} attempt {attempt} at {now_text} on {worker_label}\n"
 
 
-def job_environment(job_id, attempt, home):
-    """The job's environment: ours, plus its id, attempt, home and the pid of the worker
-    running it (this process: $PPID is not that if the worker died before the shell
-    started, when the orphan was already handed to the supervisor)."""
-    env = dict(os.environ)
+def job_environment(job_id, attempt, home, base=None):
+    """The job's environment: `base` (a copy of os.environ a worker makes once) plus its id,
+    attempt, home and the pid of the worker running it (this process: $PPID is not that if
+    the worker died before the shell started, when the orphan was already handed to the
+    supervisor)."""
+    env = dict(os.environ if base is None else base)
     env.update(QUEUECTL_JOB_ID=job_id, QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_HOME=home,
                QUEUECTL_WORKER_PID=str(os.getpid()))
     return env
+
+
+class Process:
+    """A child started by posix_spawn: pid, poll() and wait() like Popen's (returncode is
+    -N for a child killed by signal N)."""
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self):
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except InterruptedError:
+                continue
+            except ChildProcessError:     # reaped elsewhere: nothing more to learn
+                self.returncode = 255
+                break
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+_DEVNULL = os.devnull
+_SIGDEF = tuple(s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None),
+                            getattr(signal, "SIGXFZ", None)) if s is not None)
+
+
+def spawn(command, cwd, env, log_fd, lock_fd):
+    """Start /bin/sh -c command in its own session, stdin /dev/null, stdout and stderr to
+    log_fd, inheriting lock_fd. Returns a Process (posix_spawn) or a Popen. OSError if it
+    cannot start (a missing cwd names the directory)."""
+    if not hasattr(os, "posix_spawn") or threading.active_count() != 1:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=log_fd, stderr=log_fd, pass_fds=(lock_fd,) if lock_fd >= 0 else (),
+            start_new_session=True)
+    if not _INHERITED_FDS_CLOSED:
+        close_inherited_fds_on_exec()
+    actions = [(os.POSIX_SPAWN_OPEN, 0, _DEVNULL, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
+    here = None
+    if cwd != _cwd():
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.chdir(cwd)
+        except BaseException:
+            os.close(here)
+            raise
+    if lock_fd >= 0:
+        os.set_inheritable(lock_fd, True)
+    try:
+        # Python resets the signals it set to "ignore" (SIGPIPE, SIGXFSZ) as Popen does.
+        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
+                             file_actions=actions, setsid=True, setsigdef=_SIGDEF)
+    finally:
+        if lock_fd >= 0:
+            os.set_inheritable(lock_fd, False)
+        if here is not None:
+            try:
+                os.fchdir(here)
+            finally:
+                os.close(here)
+    return Process(pid)
+
+
+_INHERITED_FDS_CLOSED = []
+
+
+def close_inherited_fds_on_exec():
+    """Mark every fd above 2 close-on-exec, once per process (at its first spawn).
+    posix_spawn passes on whatever is inheritable, where Popen's close_fds closed it: fds a
+    worker inherited from whoever started it (a shell, systemd) must not reach its jobs.
+    The fds queuectl opens itself are close-on-exec already (watcher sees to inotify's)."""
+    _INHERITED_FDS_CLOSED.append(True)
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 1024)]
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+def _cwd():
+    try:
+        return os.getcwd()
+    except OSError:        # our own directory was deleted
+        return None
 
 
 def process_stats(proc_cache={}):

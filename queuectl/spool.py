@@ -16,17 +16,19 @@ On failure, OSErrors other than the expected races propagate to the caller."""
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 
 from . import fsops
 from .errors import DuplicateId
 from .job import JOB_SUFFIX
+from .logs import log
 
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
 ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
+SYNCFS_MIN_BATCH = 32        # publish_many syncs the filesystem once from this many jobs on
+_OTHER_STATES = tuple(s for s in JOB_STATES if s != "processing")
 REASON_SUFFIX = ".reason"
 CANCEL_PREFIX, CANCEL_SUFFIX = ".", ".cancel"
 PAUSE_FILE = "PAUSED"
@@ -76,19 +78,20 @@ def is_candidate(name):
 class Spool:
     def __init__(self, root, max_job_bytes=1048576):
         self.root = os.path.abspath(root)
+        self._prefix = os.path.join(self.root, "")     # root + "/", for cheap path building
         self.max_job_bytes = max_job_bytes
         self._ready = False
         self._submitters = None
 
     # ---- layout -------------------------------------------------------------------------
     def dir(self, state):
-        return os.path.join(self.root, state)
+        return self._prefix + state
 
     def path(self, state, job_id):
-        return os.path.join(self.root, state, job_name(job_id))
+        return f"{self._prefix}{state}/{job_id}{JOB_SUFFIX}"
 
     def output_path(self, job_id):
-        return os.path.join(self.root, "output", job_id + ".log")
+        return f"{self._prefix}output/{job_id}.log"
 
     def exists(self):
         return os.path.isdir(self.dir("pending"))
@@ -115,7 +118,7 @@ class Spool:
             pass
 
     def is_paused(self):
-        return os.path.lexists(os.path.join(self.root, PAUSE_FILE))
+        return os.path.lexists(self._prefix + PAUSE_FILE)
 
     def set_paused(self, paused):
         """The pause flag is a plain file (spool/PAUSED) so `ls` shows it and any tool can
@@ -146,7 +149,8 @@ class Spool:
 
     def cancel_requested(self, job_id, claimed_data):
         """True if a cancel marker targets the attempt claimed with these bytes."""
-        return self._cancel_target(job_id) == attempt_mark(claimed_data)
+        target = self._cancel_target(job_id)
+        return target is not None and target == attempt_mark(claimed_data)
 
     def _cancel_target(self, job_id):
         """The attempt mark a cancel marker names; None without one, "" if unreadable."""
@@ -263,6 +267,14 @@ class Spool:
                 break
         return found
 
+    def others(self, job_id):
+        """The states other than processing/ holding <id>.json, looked at once each: what a
+        worker asks about a job it has just claimed into processing/ (a duplicate id). A copy
+        moving while we look can only be one going through processing/, which our claim
+        holds, so one look is enough here (unlike find)."""
+        name = job_name(job_id)
+        return [s for s in _OTHER_STATES if os.path.lexists(f"{self._prefix}{s}/{name}")]
+
     def foreign(self, state, older_than, now):
         """[(name, age_s)] of files in a job directory that can never be jobs (hidden, or not
         ending in .json) and have not changed for `older_than` seconds: a tool staged them
@@ -346,7 +358,7 @@ class Spool:
 
     def read(self, state, name):
         """(bytes, stat) of <state>/<name>, read safely; NotAJobFile if it can't be a job."""
-        fd, st = self._open_checked(os.path.join(self.dir(state), name), os.O_RDONLY)
+        fd, st = self._open_checked(f"{self._prefix}{state}/{name}", os.O_RDONLY)
         try:
             return self._read_fd(fd), st
         finally:
@@ -354,19 +366,21 @@ class Spool:
 
     def lstat(self, state, name):
         try:
-            return os.lstat(os.path.join(self.dir(state), name))
+            return os.lstat(f"{self._prefix}{state}/{name}")
         except FileNotFoundError:
             return None
 
     # ---- writing ------------------------------------------------------------------------
-    def _write_tmp(self, data):
-        """Write data to a fresh file in tmp/ and fsync it; returns its path."""
+    def _write_tmp(self, data, sync=True):
+        """Write data to a fresh file in tmp/ and fsync it (unless the caller syncs the
+        filesystem after a batch); returns its path."""
         self.ensure_layout()
-        path = os.path.join(self.dir("tmp"), f"{_HOST}.{os.getpid()}.{os.urandom(6).hex()}")
+        path = f"{self._prefix}tmp/{_HOST}.{os.getpid()}.{os.urandom(6).hex()}"
         fd = fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             fsops.write_all(fd, data, path)
-            fsops.fsync(fd, path)
+            if sync:
+                fsops.fsync(fd, path)
         except BaseException:
             os.close(fd)
             _unlink_quietly(path)
@@ -384,12 +398,19 @@ class Spool:
         before the first is linked into `state`, and the directory is fsynced once. On any
         error (a full disk, an I/O error, a duplicate id) the files already linked are
         unlinked again before it is raised, so a failed enqueue leaves nothing behind (a job
-        a worker claimed in that instant runs; it is logged)."""
+        a worker claimed in that instant runs; it is logged).
+        A batch of SYNCFS_MIN_BATCH jobs or more on a local filesystem is made durable by
+        one syncfs after writing all its files instead of an fsync per file (the same
+        guarantee: every file's data is on disk before the first link; fsops.can_syncfs)."""
         tmps = {}
         linked = []
+        self.ensure_layout()
+        batch = len(jobs) >= SYNCFS_MIN_BATCH and fsops.can_syncfs(self.dir("tmp"))
         try:
             for job_id, data in jobs:
-                tmps[job_id] = self._write_tmp(data)
+                tmps[job_id] = self._write_tmp(data, sync=not batch)
+            if batch:
+                fsops.syncfs(self.dir("tmp"))
             for job_id, _ in jobs:
                 try:
                     fsops.link(tmps[job_id], self.path(state, job_id))
@@ -403,7 +424,7 @@ class Spool:
                 try:
                     fsops.unlink(self.path(state, job_id))
                 except FileNotFoundError:
-                    logging.getLogger("queuectl").warning(
+                    log.warning(
                         "publishing failed, but a worker had already taken %s: it runs", job_id)
                 except OSError:
                     pass

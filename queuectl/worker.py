@@ -14,9 +14,8 @@ import signal
 import time
 
 from . import job as jobmod
-from . import control, lifecycle, metrics, recovery, render, runner, watcher
-from .errors import InvalidJob
-from .ingest import Verdict, examine, handle_bad, settle_deadline
+from . import control, lifecycle, metrics, recovery, runner, watcher
+from .ingest import Verdict, judge, settle
 from .picker import Picker
 from .spool import NotAJobFile, is_candidate
 
@@ -26,6 +25,11 @@ RECOVERY_SECONDS = 5
 HINT_THRESHOLD = 200         # new files in one scan above which the index supplies hints
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
+# Index updates are grouped: committed at most this often while jobs run back to back, and
+# whenever the worker goes idle, stops, or a job runs longer than this.
+INDEX_GROUP_SECONDS = 0.02
+CANCEL_CHECK_AFTER = 0.05    # a job's first look for a cancel marker, after its start
+JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (_judge_claimed)
 TAKE_FROM = ("pending", "failed")
 
 
@@ -33,6 +37,13 @@ class Worker:
     def __init__(self, home, supervisor=None, report_job=None):
         self.home = home
         home.index.set_busy_timeout(INDEX_WAIT_SECONDS)
+        home.group_index_updates()
+        self.next_flush = 0.0
+        self.environ = dict(os.environ)     # the jobs' environment, copied once
+        # (state, id) -> (bytes, mtime_ns, job) of a file judged a job while in pending/ or
+        # failed/: a claim that reads the very same bytes takes the job as judged, without
+        # parsing and validating it a second time.
+        self.judged = {}
         self.report_job = report_job     # tells the supervisor our job's process group
         self.clock = home.clock
         self.supervisor = supervisor
@@ -81,16 +92,20 @@ class Worker:
             if self.skipped[(state, name)] == self._signature(state, name):
                 return
             del self.skipped[(state, name)]
-        verdict = examine(self.home, state, name, now)
+        verdict = judge(self.home, state, name, now)
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
         if verdict.doc is not None:
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
                             lifecycle._due(verdict.doc, now))
+            if len(self.judged) < JUDGED_KEPT:
+                self.judged[(state, stem)] = (verdict.data, verdict.st.st_mtime_ns,
+                                              verdict.doc)
             return
         self.picker.forget(state, stem)
-        if not handle_bad(self.home, state, name, verdict, now):
-            self.unsettled[(state, name)] = settle_deadline(verdict, self.home)
+        self.judged.pop((state, stem), None)
+        if not settle(self.home, state, name, verdict, now):
+            self.unsettled[(state, name)] = verdict.until
 
     def full_scan(self, now):
         """Re-list pending/ and failed/: forget what vanished, consider what is new."""
@@ -102,6 +117,8 @@ class Worker:
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
+            for key in [k for k in self.judged if k[0] == state and k[1] not in present]:
+                del self.judged[key]
             new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker]
             hints = self._index_hints(state) if len(new) > HINT_THRESHOLD else {}
             for name in new:
@@ -123,6 +140,8 @@ class Worker:
             return {}
 
     def _events(self, now):
+        if self.watch is not None:
+            self.watch.read(self.wakeup)
         names, overflowed = self.wakeup.drain()
         if overflowed:
             self.next_scan = 0.0
@@ -157,6 +176,7 @@ class Worker:
 
     def purge_expired(self):
         self.retention_checked = True
+        self.home.flush_index()
         retention = self.home.settings.completed_retention
         if retention:
             try:
@@ -219,7 +239,7 @@ class Worker:
             return
         name = job_id + jobmod.JOB_SUFFIX
         try:
-            handle_bad(self.home, state, name, Verdict(reason=exc.reason), now)
+            settle(self.home, state, name, Verdict("reject", reason=exc.reason), now)
         except OSError as err:
             log.error("%s: cannot reject %s/%s (%s): %s; skipped until it changes",
                       self.label, state, name, exc.reason, err)
@@ -229,25 +249,32 @@ class Worker:
         st = self.home.spool.lstat(state, name)
         return st and (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
+    def _judge_claimed(self, held, now):
+        """The verdict on a claimed file: the one made before the claim when the claim read
+        the very same bytes with the same mtime (no second parse), else judged now."""
+        name = held.job_id + jobmod.JOB_SUFFIX
+        judged = self.judged.pop((held.origin, held.job_id), None)
+        if judged is not None and judged[0] == held.data and judged[1] == held.st.st_mtime_ns:
+            return Verdict("take", doc=dict(judged[2]), st=held.st, data=held.data)
+        return judge(self.home, held.origin, name, now, data=held.data, st=held.st)
+
     def _take(self, held, now):
-        try:
-            doc = lifecycle.parse_claimed(self.home, held, now)
-        except (InvalidJob, NotAJobFile) as exc:
-            if now - held.st.st_mtime < self.home.settings.settle_seconds:
-                # A writer may still be at work on it in place: put it back, look later.
-                lifecycle.unclaim(self.home, held)
-                name = held.job_id + jobmod.JOB_SUFFIX
-                self.unsettled[(held.origin, name)] = held.st.st_mtime + \
-                    self.home.settings.settle_seconds
-                return False
-            lifecycle.reject_claimed(self.home, held, str(exc), now)
+        verdict = self._judge_claimed(held, now)
+        if verdict.action == "wait":
+            # A writer may still be at work on it in place: put it back, look later.
+            lifecycle.unclaim(self.home, held)
+            self.unsettled[(held.origin, held.job_id + jobmod.JOB_SUFFIX)] = verdict.until
+            return False
+        if verdict.action != "take":
+            lifecycle.reject_claimed(self.home, held, verdict.reason, now)
             return True
+        doc = verdict.doc
         due = lifecycle._due(doc, now)
         if due > now:
             lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
             self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
             return False
-        elsewhere = [s for s in self.home.spool.find(held.job_id) if s != "processing"]
+        elsewhere = self.home.spool.others(held.job_id)
         if "pending" in elsewhere:
             # Dropped after our copy was there (new jobs only arrive in pending/): ours,
             # with its history, keeps the id.
@@ -262,19 +289,20 @@ class Worker:
         return True
 
     def _run(self, held, doc):
+        """Spawn the job, index it as running (after the spawn: nothing delays the start),
+        wait for it, and hand its result to lifecycle, which decides and records the move."""
         home = self.home
         attempt = doc.get("attempts", 0) + 1
-        started = time.time()
         self.current = doc["id"]
         self.current_claim = held
-        lifecycle.mark_running(home, doc, self.clock())
         home.spool.ensure_output()
-        self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
-            runner.job_environment(doc["id"], attempt, home.home), held.fd,
+            runner.job_environment(doc["id"], attempt, home.home, self.environ), held.fd,
             home.spool.output_path(doc["id"]),
-            runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
+            runner.header(doc["id"], attempt, self.label, jobmod.iso(time.time())))
+        lifecycle.mark_running(home, doc, self.clock())
+        self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         timeout = doc.get("timeout") or home.settings.job_timeout
         if self.report_job and running.pid:
             self.report_job(running.pid)
@@ -283,8 +311,9 @@ class Worker:
         if self.report_job and running.pid:
             self.report_job(0)
         self.current = None
+        now = self.clock()
         try:
-            outcome = self._route(held, doc, running, result)
+            state = lifecycle.finish_attempt(home, held, doc, result, now)
         except OSError as exc:
             # Disk full, I/O error: the job stays in processing/ unlocked; recovery (ours or
             # another worker's) retries it. An fsync error is never retried on that fd.
@@ -293,66 +322,52 @@ class Worker:
                       doc["id"], exc)
             self.next_recovery = 0.0
             return
-        wait_s = max(0.0, started - max(_ts(doc.get("created_at")), _ts(doc.get("run_at"))))
-        outcome, *also = outcome.split("+")
-        home.index_safely("metrics", home.index.record_outcome, outcome, self.clock(), wait_s,
-                          result.duration_s, also)
-        self.heartbeat(quick=True)     # idle again, with the new done/failed counts
-
-    def _route(self, held, doc, running, result):
-        """Move a finished job to its next state; returns the outcome's name."""
-        home = self.home
-        now = self.clock()
-        if running.cancelled:
-            lifecycle.cancel(home, held, doc, now)
-            home.spool.clear_cancel(doc["id"])
-            outcome = "cancelled"
-        elif result.stopped:
-            lifecycle.requeue(home, held, doc, now)
-            outcome = "requeued"
-        elif result.ok:
-            lifecycle.complete(home, held, doc, result, now)
+        if result.ok and not result.cancelled:
             self.jobs_done += 1
-            outcome = "completed"
-        else:
-            state = lifecycle.fail(home, held, doc, result.error, result.exit_code,
-                                   result.duration_s, now)
+        elif not result.stopped and not result.cancelled:
             self.jobs_failed += 1
-            outcome = "failed+dead" if state == "dead" else "failed"
-            if state == "failed":
-                self.picker.add("failed", doc["id"], doc.get("priority", 0),
-                                lifecycle._due(doc, now))
-        return outcome
+        if state == "failed":
+            self.picker.add("failed", doc["id"], doc.get("priority", 0),
+                            lifecycle._due(doc, now))
+        self.heartbeat(quick=True)     # idle again, with the new done/failed counts
+        if now >= self.next_flush:
+            home.flush_index()
+            self.next_flush = now + INDEX_GROUP_SECONDS
 
     def _wait(self, running, timeout):
-        """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
-        shutdown deadline by killing its whole process group."""
-        deadline = running.started + timeout if timeout else None
-        stop_deadline = None
-        while running.poll() is None:
+        """Wait for the job (runner.RunningJob.wait enforces its time limit), waking for
+        signals, inotify, heartbeats and the index's group commit; a stop (past the
+        shutdown deadline, or at once for SIGUSR1) or a cancel request kills its group."""
+        stop_at = None
+        flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
+        # Short jobs end before anyone could cancel them: no marker lookup for them.
+        cancel_at = running.started + CANCEL_CHECK_AFTER
+
+        def check():
+            nonlocal stop_at, flush_at
+            self.wakeup.clear()
+            if self.watch is not None:
+                self.watch.read(self.wakeup)     # keep the names for after the job
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                running.timed_out = timeout
-                running.kill_group()
-                return
-            if self.stopping and stop_deadline is None:
-                stop_deadline = now + self._shutdown_timeout()
-            if self.stop_now or (stop_deadline is not None and now >= stop_deadline):
-                running.stopped = True
-                running.kill_group()
-                return
-            if self.home.spool.cancel_requested(self.current, self.current_claim.data):
-                running.cancelled = True
-                running.kill_group()
-                return
+            if self.stopping and stop_at is None:
+                stop_at = now + self._shutdown_timeout()
+            if self.stop_now or (stop_at is not None and now >= stop_at):
+                return "stopped", 0.0
+            if now >= cancel_at and self.home.spool.cancel_requested(
+                    self.current, self.current_claim.data):
+                return "cancelled", 0.0
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat(busy=True)
-            limits = [1.0, self.next_heartbeat - self.clock()]
-            limits += [t - now for t in (deadline, stop_deadline) if t is not None]
-            fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
-            select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
-                          else min(0.01, max(0.0, min(limits))))
-            self.wakeup.clear()
+            if flush_at is not None and now >= flush_at:
+                self.home.flush_index()     # a longer job: index it as running now
+                flush_at = None
+            limits = [self.next_heartbeat - self.clock()]
+            limits += [t - now for t in (stop_at, flush_at) if t is not None]
+            if now < cancel_at:
+                limits.append(cancel_at - now)
+            return None, min(limits)
+
+        running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check)
 
     def _shutdown_timeout(self):
         """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
@@ -367,64 +382,32 @@ class Worker:
 
     # ---- heartbeat and loop -----------------------------------------------------------------
     def heartbeat(self, state=None, busy=False, quick=False):
-        """Write this worker's row (best effort) and keep the metrics textfile fresh. On the
-        timer: with fresh CPU and memory figures, then the textfile; while a job runs
-        (`busy`, from _wait) the textfile is built from the index as it stands, since an
-        ingest must never delay the job's timeout or stop handling. quick=True (at every job
-        start and finish, so status shows the state at once) reuses the last figures, skips
-        the textfile and leaves the timer alone: one index write, not a scan of /proc."""
-        if quick:
-            cpu, rss = self._stats
-        else:
-            self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
-            try:
-                self.home.index.reopen_if_replaced()
-            except Exception as exc:
-                log.warning("%s: index unavailable (%s)", self.label, exc)
-            try:
-                cpu, rss = runner.process_stats()
-            except Exception:
-                cpu, rss = None, None
-            self._stats = (cpu, rss)
+        """Report our state (metrics.heartbeat: the index row and the Prometheus textfile).
+        While a job runs (`busy`) the textfile is built without an ingest, so nothing can
+        delay the job's timeout or stop handling. quick=True (at every job start and finish,
+        so status shows the state at once) queues the row with the grouped index updates and
+        reuses the last CPU and memory figures: no /proc scan, no textfile, no extra commit,
+        and the timer is left alone."""
         record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
-                  "started_at": self.started_at, "heartbeat_at": time.time(),
-                  "current_job": self.current, "jobs_done": self.jobs_done,
-                  "jobs_failed": self.jobs_failed, "cpu_percent": cpu, "rss_bytes": rss,
+                  "started_at": self.started_at, "current_job": self.current,
+                  "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
                   "supervisor": self.supervisor,
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
-        self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+        if quick:
+            cpu, rss = self._stats
+            record.update(heartbeat_at=time.time(), cpu_percent=cpu, rss_bytes=rss)
+            self.home.index_update("heartbeat", self.home.index.heartbeat, record)
+            return
+        self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+        self.home.flush_index()
+        written = metrics.heartbeat(self.home, record, self.label, ingest_first=not busy)
+        self._stats = (written["cpu_percent"], written["rss_bytes"])
         minute = int(time.time() // 60)
-        if not quick and minute != self.backlog_minute:   # one backlog sample a minute
+        if minute != self.backlog_minute:       # one backlog sample a minute for the charts
             self.backlog_minute = minute
             self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
                                    self.clock())
-        if not quick and self.home.settings.metrics_textfile:
-            self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
-
-    def write_textfile(self, path, ingest=True):
-        """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
-        older than a heartbeat interval, so the queries run about once per interval in all;
-        tmp + fsync + rename, so node_exporter never reads half a file."""
-        try:
-            if time.time() - os.stat(path).st_mtime < HEARTBEAT_SECONDS:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("metrics textfile %s: %s", path, exc)
-            return
-        try:
-            text = render.prometheus_text(metrics.report(
-                self.home, metrics.worker_rows(self.home), ingest_first=ingest))
-            tmp = f"{path}.{self.pid}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except Exception as exc:    # metrics must never stop the worker
-            log.warning("could not write metrics textfile %s: %s", path, exc)
 
     def _idle_timeout(self, now):
         limits = [self.next_scan - now, self.next_heartbeat - now]
@@ -462,21 +445,17 @@ class Worker:
                     continue
                 if self.stopping:
                     break
-                select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
+                home.flush_index()      # idle: the index catches up before we sleep
+                select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
+                              self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:
                 self.watch.stop()
+            home.flush_index()
             home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
             log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
                      self.jobs_failed)
         return 0
-
-
-def _ts(stamp):
-    try:
-        return jobmod.parse_time(stamp) if stamp else 0.0
-    except ValueError:
-        return 0.0
 
 
 def run_worker(home, supervisor=None, report_job=None):

@@ -2,8 +2,8 @@
 spool's directories and files that a power cut could leave on disk.
 
 The trace (crashkit's recorder) lists each spool operation as the process made it: open
-with its flags, write with its data, fsync, fsyncdir, link, rename and replace with their
-source, unlink, and `failed` after an operation that returned an error. `replay` runs it on
+with its flags, write with its data, fsync, fsyncdir, syncfs (every file and directory
+durable), link, rename and replace with their source, unlink, and `failed` after an operation that returned an error. `replay` runs it on
 an abstract file system (path -> inode, inode -> bytes) and turns each directory operation
 into halves: an *add* (a name now points at an inode) and a *remove* (a name is gone).
 create, link: one add; unlink: one remove; rename and replace: a remove of the source and an
@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 
 HIDDEN_DIRS = ("tmp",)              # never materialised: see the module docstring
 TRACKED_FAILURES = {"link", "rename", "unlink", "open"}
+
+
+ALL_DIRS = "*"        # what a syncfs makes durable: every directory
 
 
 def parent(path):
@@ -108,6 +111,11 @@ def replay(initial, ops, strict=False):
             synced[run[path]] = content[run[path]]
         elif kind == "fsyncdir":
             fsyncdirs.append((i, path))
+        elif kind == "syncfs":
+            # syncfs(2): every file's data and every directory of the filesystem durable.
+            for ino in content:
+                synced[ino] = content[ino]
+            fsyncdirs.append((i, ALL_DIRS))
         elif kind == "link":
             run[path] = run[src]
             unit(i, "link", Half("add", path, run[path]))
@@ -122,8 +130,8 @@ def replay(initial, ops, strict=False):
         elif kind == "unlink":
             unit(i, "unlink", Half("remove", path, run.pop(path)))
     for u in units:
-        u.durable_at = next((j for j, where in fsyncdirs if j > u.index and where in u.dirs),
-                            None)
+        u.durable_at = next((j for j, where in fsyncdirs
+                             if j > u.index and (where in u.dirs or where == ALL_DIRS)), None)
     return Replay(units, content, synced, run, disagreements)
 
 
@@ -162,7 +170,7 @@ def crash_states(initial, ops, strict=False, acks_at=(), with_hidden=False):
     entries0 = initial[0]
     full = replay(initial, ops, strict)
     changes = {u.index for u in full.units} | set(acks_at) | {
-        i for i, op in enumerate(ops) if op["op"] in ("write", "fsync", "fsyncdir")}
+        i for i, op in enumerate(ops) if op["op"] in ("write", "fsync", "fsyncdir", "syncfs")}
     for n in range(len(ops) + 1):
         if n and (n - 1) not in changes and n not in acks_at:
             continue

@@ -121,6 +121,23 @@ def test_a_batch_failing_part_way_enqueues_none(tmp_path, cli, spool, fault):
     _check_refused(cli, spool, ran, fault, log)
 
 
+@pytest.mark.parametrize("fault", ["EIO@syncfs", "ENOSPC@write#20", "EIO@link#35"])
+def test_a_large_batch_synced_once_failing_enqueues_none(tmp_path, cli, spool, fault):
+    """A batch of SYNCFS_MIN_BATCH or more is made durable by one syncfs (issue 9): a
+    failing syncfs (or a write or link around it) refuses the whole batch, leaving nothing."""
+    from queuectl import fsops
+    from queuectl.spool import SYNCFS_MIN_BATCH
+    home, log = spool.parent, tmp_path / "ops.log"
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    if not fsops.can_syncfs(str(spool / "tmp")):
+        pytest.skip("syncfs is not used on this filesystem")
+    batch = "".join(json.dumps({"id": f"b{i}", "command": "true"}) + "\n"
+                    for i in range(SYNCFS_MIN_BATCH + 8))
+    ran = queuectl(home, "enqueue", "-", input=batch, fault=fault, log=log)
+    _check_refused(cli, spool, ran, fault, log)
+    assert "syncfs" in [op for op, _ in ops(log)] or fault == "ENOSPC@write#20"
+
+
 def test_a_failed_enqueue_races_no_worker(tmp_path, spool):
     """With a worker running, a batch whose pending/ fsync fails is withdrawn: whatever the
     worker did not take in that instant never runs, and nothing is left half-published."""

@@ -247,3 +247,28 @@ def test_dumps_refuses_nan():
     with pytest.raises(ValueError):
         jobmod.dumps({"command": "x", "n": float("nan")})
     assert json.loads(jobmod.dumps({"command": "x"})) == {"command": "x"}
+
+
+# ---- issue 9: the fast paths write exactly what json and datetime would ----------------------
+
+def test_dumps_is_byte_for_byte_json_dumps_with_indent_2():
+    docs = [{"id": "a", "command": "echo 'hi' \"q\" \\ \n\t é \u2028 \x01", "priority": -3,
+             "run_at": None, "x": True, "y": False, "f": 0.1, "g": 1e300, "h": -0.0,
+             "i": 10**30},
+            {}, {"nested": {"a": [1, 2]}, "id": "b"}, {"l": []}]
+    for doc in docs:
+        assert jobmod.dumps(doc) == (json.dumps(doc, indent=2, ensure_ascii=False,
+                                              allow_nan=False) + "\n").encode()
+    with pytest.raises(ValueError):
+        jobmod.dumps({"f": float("nan")})
+
+
+def test_iso_matches_datetime_to_the_microsecond_including_rounding():
+    import random
+    from datetime import datetime, timezone
+    stamps = [0.0, 1.9999995, 1.0000005, 1700000000.9999996, 1e9 + 0.5e-6, -1.5]
+    rng = random.Random(9)
+    stamps += [rng.uniform(0, 4e9) for _ in range(20000)]
+    for ts in stamps:
+        assert jobmod.iso(ts) == datetime.fromtimestamp(ts, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ"), ts

@@ -454,6 +454,20 @@ def test_the_model_catches_a_planted_bug(plant, name, expected, scratch, driver)
     assert any(expected in v for v in outcome.violations), outcome.violations
 
 
+def test_negative_control_no_syncfs_before_publishing_a_batch(scratch, driver):
+    """(c) A batch published without its syncfs (issue 9: one syncfs stands in for an fsync
+    per file): the links into pending/ can survive a power cut while the data does not."""
+    homes, ops, acks, work = traced(scratch, "enqueue-batch-syncfs", driver)
+    assert not [op for op in ops if op["op"] == "fsync"], "the batch fsynced its files"
+    broken, shifted = without(ops, acks, lambda i, op: op["op"] == "syncfs", "syncfs")
+    states, checks, violations = check_trace("enqueue-batch-syncfs", homes, broken, shifted,
+                                             work)
+    print(f"\nnegative control (c), no syncfs before publishing a batch: {states} states, "
+          f"{checks} checks, {len(violations)} violations, e.g.\n  {violations[:1]}")
+    assert len(violations) > 0
+    assert any("unparseable pending/s" in v for v in violations)
+
+
 @pytest.mark.stress
 @pytest.mark.parametrize("name", list(crashkit.TRANSITIONS))
 def test_power_loss_states_strict_many_runs(name, scratch, driver):

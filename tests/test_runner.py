@@ -188,3 +188,25 @@ def test_spawn_failures_through_a_worker_record_why(pool, spool, wait_until, tmp
     logged = pool.run("logs", "nocwd")
     assert logged.exit_code == 0
     assert f"cannot start: No such file or directory: {missing}" in logged.stdout
+
+
+def test_the_job_inherits_only_its_standard_fds_and_its_lock(logdir, lockfile, tmp_path):
+    """Issue 9: jobs are spawned with posix_spawn, which closes only close-on-exec fds (not
+    every other fd, as Popen's close_fds did). The worker's own fds (inotify's included,
+    which watchdog creates inheritable, and fds the worker inherited from whoever started
+    it) must not leak into jobs."""
+    leak_r, leak_w = os.pipe()
+    os.set_inheritable(leak_w, True)          # as a shell or systemd might pass one on
+    runner._INHERITED_FDS_CLOSED.clear()      # as in a fresh worker: before its first job
+    from queuectl import watcher
+    watch = watcher.start([str(tmp_path)])
+    assert watch is not None
+    try:
+        job = start("ls /proc/$$/fd", logdir, lockfile)
+        assert job.finish(WORKER).ok
+    finally:
+        watch.stop()
+        os.close(leak_r)
+        os.close(leak_w)
+    lines = (logdir / "j1.log").read_text().splitlines()[1:-1]
+    assert sorted(int(n) for n in lines) == sorted({0, 1, 2, lockfile}), lines
