@@ -7,17 +7,20 @@ Invariant: a Settings object only ever holds values that passed `parse_value`.""
 from .errors import InvalidConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SHARED_CHOICES = ("auto", "yes", "no")
 
 
 class Key:
     """One setting: its default, kind (int, number, choice, optional_number,
     optional_path), lower bound and meaning. A plain class, not a dataclass: building
     dataclasses costs every `queuectl enqueue` a millisecond at import."""
-    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help")
+    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help", "choices")
 
-    def __init__(self, name, default, kind, minimum=None, exclusive_min=False, help=""):
+    def __init__(self, name, default, kind, minimum=None, exclusive_min=False, help="",
+                 choices=LOG_LEVELS):
         self.name, self.default, self.kind = name, default, kind
         self.minimum, self.exclusive_min, self.help = minimum, exclusive_min, help
+        self.choices = choices
 
 
 KEYS = {k.name: k for k in (
@@ -37,6 +40,8 @@ KEYS = {k.name: k for k in (
         help="workers delete completed jobs older than this many seconds (none: keep)"),
     Key("metrics_textfile", None, "optional_path",
         help="file workers keep Prometheus metrics in (none: off)"),
+    Key("spool_shared", "auto", "choice", choices=SHARED_CHOICES,
+        help="spool on a filesystem other hosts share: auto (by filesystem type), yes, no"),
 )}
 
 
@@ -73,10 +78,10 @@ def parse_value(name, text):
             (text is None or str(text).strip().lower() in ("none", "null", "")):
         return None
     if key.kind == "choice":
-        value = str(text).upper()
-        if value not in LOG_LEVELS:
-            raise InvalidConfig(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-        return value
+        for choice in key.choices:
+            if str(text).lower() == choice.lower():
+                return choice
+        raise InvalidConfig(f"{name} must be one of {', '.join(key.choices)}, got {text!r}")
     if key.kind == "optional_path":
         return str(text)
     value = _number(text, key)

@@ -11,7 +11,7 @@ import time
 
 from .config import Settings
 from .index import Index
-from .spool import Spool
+from .spool import Spool, is_shared_filesystem
 
 log = logging.getLogger("queuectl")
 # After an index update times out on another process's lock, skip index updates this long
@@ -48,6 +48,16 @@ class Home:
             self._settings = Settings(stored)
             self.spool.max_job_bytes = self._settings.max_job_bytes
         return self._settings
+
+    def shared_spool(self):
+        """(shared, filesystem type): is the spool on a filesystem other hosts may use?
+        The spool_shared setting decides; 'auto' goes by the filesystem type (NFS, CephFS,
+        GlusterFS, any FUSE filesystem such as JuiceFS count as shared)."""
+        fstype = self.spool.filesystem()
+        choice = self.settings.spool_shared
+        if choice == "auto":
+            return is_shared_filesystem(fstype), fstype
+        return choice == "yes", fstype
 
     def reload_settings(self):
         previous = self._settings

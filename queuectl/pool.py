@@ -1,8 +1,10 @@
 """The worker pool: a supervisor process that keeps N workers alive, and the commands that
 start it, stop it and list workers.
 
-Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>.json with host, pid and
-its process start time, so a reused pid is never mistaken for it. Workers are forked from the
+Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>-<start>.json with host,
+pid and its process start time, so a reused pid (or another host's) is never mistaken for it.
+On a shared spool it also polls spool/workers/<host>.stop, so `worker stop --host H` on any
+host stops H's pools. Workers are forked from the
 supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
 killed supervisor's workers stop gracefully. A worker that dies is restarted at once; one
 that crashes young (an error exit or a fatal signal of its own, not a kill from outside) is
@@ -43,7 +45,9 @@ class Supervisor:
         self.count = count
         self.pid = os.getpid()
         self.started_at = runner.process_started(self.pid)
-        self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
+        self.supervisor_id = supervisor_id(self.pid, self.started_at)
+        self.shared = False
+        self.seen_stop = None       # the stop request present at start is an old one
         self.record_path = os.path.join(_records_dir(home), self.supervisor_id + ".json")
         self.children = {}          # pid -> fork time
         self.job_groups = {}        # worker pid -> its running job's process group
@@ -63,6 +67,32 @@ class Supervisor:
             self.stop_now = True
         for pid in list(self.children):
             _signal(pid, signal.SIGUSR1 if self.stop_now else signal.SIGTERM)
+
+    def watch_stop_requests(self):
+        """On a shared spool, remember the current stop request file (an old one)."""
+        try:
+            self.shared = self.home.shared_spool()[0]
+            if self.shared:
+                request = self.home.spool.stop_request(runner.HOSTNAME)
+                self.seen_stop = request[0] if request else None
+        except OSError:
+            self.shared = False
+
+    def check_stop_request(self):
+        """Stop like on SIGTERM when a new spool/workers/<host>.stop appears."""
+        if not self.shared or self.stopping:
+            return
+        request = self.home.spool.stop_request(runner.HOSTNAME)
+        if request is None or request[0] == self.seen_stop:
+            return
+        self.seen_stop = request[0]
+        log.info("supervisor %s: stop requested through the spool (timeout %gs)",
+                 self.supervisor_id, request[1])
+        try:
+            _write_stop_timeout(self.record_path, request[1])
+        except OSError as exc:
+            log.warning("could not record the stop timeout: %s", exc)
+        self._on_signal(signal.SIGTERM, None)
 
     def write_record(self):
         self.home.make_data_dir("supervisors")
@@ -205,8 +235,10 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         runner.prctl(runner.PR_SET_CHILD_SUBREAPER, 1)
         log.info("supervisor %s starting %d workers", self.supervisor_id, self.count)
+        self.watch_stop_requests()
         try:
             while not self.stopping:
+                self.check_stop_request()
                 self.reap()
                 changed = False
                 while len(self.children) < self.count and time.monotonic() >= self.next_start \
@@ -245,6 +277,11 @@ class Supervisor:
             if self.children.pop(pid, None) is not None:
                 self._read_reports()
                 self._kill_orphaned_job(pid)
+
+
+def supervisor_id(pid, started_at):
+    """host-pid-start: unique across hosts whose pids collide and across pid reuse."""
+    return f"{runner.HOSTNAME}-{pid}-{int(started_at or 0)}"
 
 
 def _stop_path(record_path):
@@ -325,12 +362,12 @@ def start(home, count, wait_seconds=20):
              "--quiet"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + wait_seconds
-    supervisor_id = f"{runner.HOSTNAME}-{proc.pid}"
+    wanted = supervisor_id(proc.pid, runner.process_started(proc.pid))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise QueueError(f"the supervisor exited at once (code {proc.returncode}); "
                              f"see {log_path}")
-        workers = [w for w in home.index.workers() if w["supervisor"] == supervisor_id]
+        workers = [w for w in home.index.workers() if w["supervisor"] == wanted]
         if len(workers) >= count:
             return {"supervisor_pid": proc.pid, "workers": sorted(w["pid"] for w in workers)}
         time.sleep(0.05)
@@ -391,3 +428,32 @@ def stop(home, timeout):
         report.append(f"stopped supervisor {record['pid']} and its {count} "
                       f"worker{'s' if count != 1 else ''}")
     return report
+
+
+def stop_host(home, host, timeout):
+    """Ask the pools of `host` (sharing this spool) to stop gracefully through a stop
+    request in spool/workers/, and wait until its workers' heartbeats are gone (or stale).
+    This host's own name stops the local pool directly."""
+    if host == runner.HOSTNAME:
+        return stop(home, timeout)
+    if not home.spool.exists():
+        raise QueueError(f"no spool at {home.spool_dir}")
+    from .metrics import STALE_AFTER
+
+    def running():
+        now = time.time()
+        return [r for r in home.spool.worker_records() if r.get("host") == host and
+                now - (r.get("heartbeat_at") or 0) <= STALE_AFTER]
+    before = running()
+    home.spool.request_host_stop(host, timeout)
+    if not before:
+        return [f"asked host {host} to stop (it has no live workers on this spool now; "
+                f"its pools stop when they next look)"]
+    deadline = time.monotonic() + timeout + 15
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = running()
+    if left:
+        return [f"asked host {host} to stop; {len(left)} of its workers still heartbeat "
+                f"after {timeout + 15:g}s"]
+    return [f"stopped host {host}'s {len(before)} worker{'s' if len(before) != 1 else ''}"]

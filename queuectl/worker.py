@@ -5,7 +5,15 @@ Invariants: a job is only run under its flock, claimed by rename into processing
 state change goes through lifecycle; signal handlers only set flags (and wake the loop
 through the self-pipe). SIGTERM/SIGINT: stop claiming, let the running job finish within
 shutdown_timeout, then kill its group and requeue it without counting an attempt. SIGUSR1:
-the same, without waiting. Correct with no inotify events at all: the poll timer rescans."""
+the same, without waiting. Correct with no inotify events at all: the poll timer rescans.
+
+On a spool shared by several hosts (spool_shared; see docs/multi-host.md): inotify only
+reports this host's changes, so other hosts' jobs are found by the poll timer; heartbeats
+also go to spool/workers/ for every host to see. While a job runs its claim lock is
+re-asserted every LOCK_CHECK_SECONDS: a lock the filesystem dropped (client restart, dead
+mount) kills the job at once and the job is not finished here (another host recovers it).
+A spool that fails with ENOTCONN/EIO is retried with backoff, logged once per change, and
+the worker exits (the supervisor restarts it) if it stays unreachable SPOOL_DOWN_EXIT_SECONDS."""
 
 import logging
 import os
@@ -18,7 +26,7 @@ from . import control, lifecycle, metrics, recovery, render, runner, watcher
 from .errors import InvalidJob
 from .ingest import examine, handle_bad, settle_deadline
 from .picker import Picker
-from .spool import NotAJobFile, is_candidate
+from .spool import DOWN_ERRNOS, LostClaim, NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
@@ -27,6 +35,10 @@ HINT_THRESHOLD = 200         # new files in one scan above which the index suppl
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
 TAKE_FROM = ("pending", "failed")
+LOCK_CHECK_SECONDS = 1.0     # how often a running job's claim lock is re-asserted
+SPOOL_DOWN_EXIT_SECONDS = 60  # an unreachable spool for this long ends the worker
+SPOOL_DOWN_MAX_DELAY = 10    # the longest wait between two looks at an unreachable spool
+EXIT_SPOOL_DOWN = 75         # EX_TEMPFAIL: the supervisor restarts us later
 
 
 class Worker:
@@ -56,6 +68,9 @@ class Worker:
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
         self.retention_checked = False
+        self.shared = False          # spool shared with other hosts (set by loop)
+        self.down_since = None       # when the spool became unreachable, while it is
+        self.down_delay = 0.0
 
     # ---- control --------------------------------------------------------------------------
     def request_stop(self, immediately=False):
@@ -129,6 +144,8 @@ class Worker:
                 self.watch = None
             if now >= self.next_recovery:
                 self.recover(now)
+                if self.shared:
+                    metrics.prune_worker_records(self.home)
                 self.next_recovery = now + RECOVERY_SECONDS
             started = time.monotonic()
             self.full_scan(now)
@@ -163,6 +180,8 @@ class Worker:
             try:
                 state = recovery.recover_one(self.home, job_id, now)
             except OSError as exc:
+                if exc.errno in DOWN_ERRNOS:
+                    raise                  # the spool is unreachable: the loop backs off
                 log.error("recovery of %s failed: %s", job_id, exc)
                 continue
             if state in TAKE_FROM:
@@ -234,11 +253,19 @@ class Worker:
         timeout = doc.get("timeout") or home.settings.job_timeout
         if self.report_job and running.pid:
             self.report_job(running.pid)
-        self._wait(running, timeout)
+        lost = self._wait(running, timeout, held)
         result = running.finish(self.label)
         if self.report_job and running.pid:
             self.report_job(0)
         self.current = None
+        if lost is not None:
+            # Another host may be recovering the job already: finishing it here could run
+            # it twice or overwrite its newer state. Leave processing/ to recovery.
+            home.spool.release(held, unlink=False)
+            log.error("%s: lost the claim on %s (%s); killed the job and left it to "
+                      "recovery", self.label, doc["id"], lost)
+            self.next_recovery = 0.0
+            return
         try:
             outcome = self._route(held, doc, running, result)
         except OSError as exc:
@@ -278,35 +305,45 @@ class Worker:
                 self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
         return outcome
 
-    def _wait(self, running, timeout):
+    def _wait(self, running, timeout, held=None):
         """Wait for the job, waking for signals and heartbeats; enforce its timeout and the
-        shutdown deadline by killing its whole process group."""
+        shutdown deadline by killing its whole process group. Returns None, or why the
+        claim was lost (the job's group is then already killed)."""
         deadline = running.started + timeout if timeout else None
         stop_deadline = None
+        next_lock_check = time.monotonic() + LOCK_CHECK_SECONDS
         while running.poll() is None:
             now = time.monotonic()
+            if held is not None and now >= next_lock_check:
+                next_lock_check = now + LOCK_CHECK_SECONDS
+                try:
+                    self.home.spool.check_claim(held)
+                except LostClaim as exc:
+                    running.kill_group(grace=0)    # at once: another host may take it
+                    return exc.strerror
             if deadline is not None and now >= deadline:
                 running.timed_out = timeout
                 running.kill_group()
-                return
+                return None
             if self.stopping and stop_deadline is None:
                 stop_deadline = now + self._shutdown_timeout()
             if self.stop_now or (stop_deadline is not None and now >= stop_deadline):
                 running.stopped = True
                 running.kill_group()
-                return
+                return None
             if self.home.spool.cancel_requested(self.current):
                 running.cancelled = True
                 running.kill_group()
-                return
+                return None
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat()
-            limits = [1.0, self.next_heartbeat - self.clock()]
+            limits = [1.0, self.next_heartbeat - self.clock(), next_lock_check - now]
             limits += [t - now for t in (deadline, stop_deadline) if t is not None]
             fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
             select.select(fds, [], [], max(0.0, min(limits)) if running.pidfd is not None
                           else min(0.01, max(0.0, min(limits))))
             self.wakeup.clear()
+        return None
 
     def _shutdown_timeout(self):
         """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
@@ -335,6 +372,11 @@ class Worker:
                   "state": state or ("stopping" if self.stopping else
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
+        if self.shared:
+            try:
+                self.home.spool.write_worker(record)
+            except OSError as exc:     # a dead mount is noticed (and logged) by the loop
+                log.debug("%s: heartbeat not written to the spool: %s", self.label, exc)
         if self.home.settings.metrics_textfile:
             self.write_textfile(self.home.settings.metrics_textfile)
 
@@ -375,23 +417,34 @@ class Worker:
     def loop(self):
         """Run until asked to stop. Returns the process exit code."""
         home = self.home
-        home.spool.ensure_layout()
+        if not self._await_spool(home.spool.ensure_layout):
+            return EXIT_SPOOL_DOWN
+        self.shared, fstype = home.shared_spool()
         self.watch = watcher.start([home.spool.dir(s) for s in TAKE_FROM] + [home.spool_dir],
                                    self.wakeup)
-        log.info("%s started (%s)", self.label,
-                 "inotify" if self.watch else "polling, inotify unavailable")
+        log.info("%s started (%s%s)", self.label,
+                 "inotify" if self.watch else "polling, inotify unavailable",
+                 f"; spool shared with other hosts ({fstype}): they are seen by polling every "
+                 f"{home.settings.worker_poll_interval:g}s" if self.shared else "")
+        code = 0
         try:
             self.heartbeat()           # report in before a possibly long first scan
             while not self.stopping:
                 try:
                     if self.run_once():
+                        self._spool_reachable()
                         continue
+                    self._spool_reachable()
+                except OSError as exc:
+                    if exc.errno not in DOWN_ERRNOS:
+                        self._loop_error()
+                        continue
+                    if not self._spool_down(exc):
+                        code = EXIT_SPOOL_DOWN
+                        break
+                    continue
                 except Exception:
-                    # Never die over one bad step: the spool is unchanged or recoverable
-                    # (a claim we could not finish stays in processing/ for recovery).
-                    log.exception("%s: error in the work loop; carrying on", self.label)
-                    self.next_scan = 0.0
-                    time.sleep(0.5)
+                    self._loop_error()
                     continue
                 if self.stopping:
                     break
@@ -403,9 +456,63 @@ class Worker:
             if self.watch is not None:
                 self.watch.stop()
             home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
+            if self.shared:
+                try:
+                    home.spool.remove_worker(self.worker_id)
+                except OSError:
+                    pass
             log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
                      self.jobs_failed)
-        return 0
+        return code
+
+    def _loop_error(self):
+        # Never die over one bad step: the spool is unchanged or recoverable (a claim we
+        # could not finish stays in processing/ for recovery).
+        log.exception("%s: error in the work loop; carrying on", self.label)
+        self.next_scan = 0.0
+        time.sleep(0.5)
+
+    def _spool_down(self, exc):
+        """The spool is unreachable (ENOTCONN, EIO: a dead mount). Log once, wait with a
+        doubling delay; False once it has been down SPOOL_DOWN_EXIT_SECONDS (give up)."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self.down_delay = 0.5
+            log.error("%s: spool %s unreachable (%s); retrying with backoff, exiting if it "
+                      "stays so for %ds", self.label, self.home.spool_dir,
+                      exc.strerror or exc, SPOOL_DOWN_EXIT_SECONDS)
+        elif now - self.down_since >= SPOOL_DOWN_EXIT_SECONDS:
+            log.error("%s: spool unreachable for %ds; exiting", self.label,
+                      now - self.down_since)
+            return False
+        else:
+            self.down_delay = min(self.down_delay * 2, SPOOL_DOWN_MAX_DELAY)
+        self.next_scan = 0.0
+        select.select([self.wakeup], [], [], self.down_delay)
+        self.wakeup.clear()
+        return True
+
+    def _spool_reachable(self):
+        if self.down_since is not None:
+            log.warning("%s: spool reachable again after %.1fs", self.label,
+                        time.monotonic() - self.down_since)
+            self.down_since = None
+
+    def _await_spool(self, action):
+        """Run a start-up spool action, backing off while the spool is unreachable."""
+        while not self.stopping:
+            try:
+                action()
+            except OSError as exc:
+                if exc.errno not in DOWN_ERRNOS:
+                    raise
+                if not self._spool_down(exc):
+                    return False
+                continue
+            self._spool_reachable()
+            return True
+        return False
 
 
 def _ts(stamp):
