@@ -104,14 +104,15 @@ class Volume:
         return point
 
     def client_processes(self, name=None):
-        """The juicefs processes (supervisor and FUSE daemon) of one mount, or all."""
-        points = [str(self.mounts[name])] if name else [str(p) for p in self.mounts.values()]
+        """The juicefs processes (supervisor and FUSE daemon) of one mount, or all. (juicefs
+        rewrites its argv into one truncated string: matched by the --log path.)"""
+        marks = [str(self.root / f"mount-{n}.log") for n in ([name] if name else self.mounts)]
         found = []
         for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-            cmd = proc.info["cmdline"] or []
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or "mount" not in cmd:
+            text = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or not text.startswith(JUICEFS):
                 continue
-            if cmd and cmd[0] == JUICEFS and any(p in cmd for p in points):
+            if any(mark in text for mark in marks):
                 found.append(proc)
         return found
 

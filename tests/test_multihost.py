@@ -125,3 +125,72 @@ def run_two_hosts(hosts, tmp_path, wait_until, jobs):
            duplicates=report.duplicates)
     report.assert_clean()
     assert report.duplicates == 0, report.summary()
+
+
+# ---- the claim race, forced with the fault hook -------------------------------------------------
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_until_deleted(path, timeout=10):
+    """Until the fd this process has open on `path` reports ENOENT: JuiceFS deletes an
+    inode unlinked while its holder still had it open a moment later, and the race is
+    only the one the issue names once it is gone (flock/fstat/pread then fail)."""
+    fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+           if _link(f"/proc/self/fd/{fd}").startswith(path)]
+    assert fds, f"no fd open on {path}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.fstat(fds[0])
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{path} still readable through our fd after {timeout}s")
+
+
+def _link(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_a_claim_lost_to_another_host_is_skipped_silently(juicefs):
+    """B opens pending/X; before B's flock, A claims, completes and unlinks X (through the
+    other mount, another client); B's flock on its now-unlinked fd fails (ENOENT on
+    JuiceFS): B's claim is a silent None, no fd leaks. The same for a recovery probe."""
+    from queuectl import fsops
+    from queuectl.spool import Spool
+    spool_a, spool_b = Spool(str(juicefs.mounts["A"] / "q")), Spool(str(juicefs.mounts["B"] / "q"))
+    spool_a.ensure_layout()
+    spool_a.publish("x", b'{"id": "x", "command": "true"}')
+    spool_a.publish("y", b'{"id": "y", "command": "true"}', state="processing")
+    raced = []
+
+    def hook(op, path):
+        if op != "flock" or raced or not path.startswith(spool_b.root):
+            return
+        raced.append(path)                     # B has opened the file: A wins meanwhile
+        if path.endswith("/pending/x.json"):
+            held = spool_a.claim("pending", "x")
+            spool_a.finish(held, b'{"id": "x", "command": "true", "attempts": 1}',
+                           "completed")
+        else:
+            held = spool_a.probe_orphan("y")
+            spool_a.finish(held, b'{"id": "y", "command": "true", "attempts": 1}', "failed")
+        wait_until_deleted(path)
+
+    before = open_fds()
+    fsops.set_hook(hook)
+    try:
+        assert spool_b.claim("pending", "x") is None
+        assert raced == [spool_b.path("pending", "x")]
+        raced.clear()
+        assert spool_b.probe_orphan("y") is None
+        assert raced == [spool_b.path("processing", "y")]
+    finally:
+        fsops.set_hook(None)
+    assert open_fds() == before
+    assert spool_b.find("x") == ["completed"] and spool_b.find("y") == ["failed"]
