@@ -139,7 +139,7 @@ class RunningJob:
         outcome = "ok" if result.ok else result.error
         if self.log_fd is not None:
             _write_quietly(self.log_fd, f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n")
-            os.close(self.log_fd)
+            _close_quietly(self.log_fd)   # EBADF: a network filesystem's client restarted
         if self.pidfd is not None:
             os.close(self.pidfd)
         return result
@@ -147,7 +147,10 @@ class RunningJob:
     def _last_line(self):
         if self.log_fd is None:
             return ""
-        return self._tail()
+        try:
+            return self._tail()
+        except OSError:       # the log became unreadable (a dead or restarted mount)
+            return ""
 
     def _tail(self):
         """The last line this attempt printed: the shell's own message for 126/127."""
@@ -158,6 +161,13 @@ class RunningJob:
         text = os.pread(self.log_fd, end - start, start).decode("utf-8", "replace")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+def _close_quietly(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _write_quietly(fd, text):

@@ -6,25 +6,28 @@ Every job runs torture.py's recording command (its start/end lines go to a per-h
 directory; an execution that finds its id's local lock held records an overlap), so the
 checker can count lost jobs, duplicate and overlapping executions across hosts."""
 
+import json
 import os
+import random
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from juicefskit import hosts, juicefs  # noqa: F401
-from torture import (Checker, job_command, job_lines, read_results, record, scan_spool,
-                     finished)
+from juicefskit import _alive, hosts, juicefs, ns_pid  # noqa: F401
+from torture import (Background, Checker, clock_ns, finished, job_command, job_lines,
+                     read_results, record, scan_spool, seed_from_env)
 
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 
 
-def host_job_command(results):
+def host_job_command(results, body=""):
     """torture's job command, recording into results/<host>/ (pids collide across hosts)."""
     for name in ("hostA", "hostB"):
         (Path(results) / name).mkdir(parents=True, exist_ok=True)
     (Path(results) / "locks").mkdir(parents=True, exist_ok=True)
-    command = job_command(results)
+    command = job_command(results, body)
     assert 'f="$R/w$PPID.log"' in command
     return command.replace('f="$R/w$PPID.log"', 'f="$R/$QTEST_HOST/w$PPID.log"')
 
@@ -194,3 +197,236 @@ def test_a_claim_lost_to_another_host_is_skipped_silently(juicefs):
         fsops.set_hook(None)
     assert open_fds() == before
     assert spool_b.find("x") == ["completed"] and spool_b.find("y") == ["failed"]
+
+
+# ---- kills and crashes ---------------------------------------------------------------------------
+
+STORM_SETTINGS = {"worker_poll_interval": 0.5, "max_retries": 1000, "backoff_max": 0}
+
+
+def host_executions(results):
+    """[(host, Execution)] from both hosts' records."""
+    return [(host, run) for host in ("hostA", "hostB")
+            for run in read_results(results / host).executions]
+
+
+def unexplained_duplicates(results, kills):
+    """Executions of an id that were followed by another execution although their worker
+    (host, pid inside the host) was never killed: duplicates no kill explains."""
+    runs = {}
+    for host, run in host_executions(results):
+        runs.setdefault(run.job_id, []).append((host, run))
+    bad = []
+    for job_id, found in runs.items():
+        found.sort(key=lambda hr: hr[1].start_ns)
+        for host, run in found[:-1]:
+            if (host, run.worker) not in kills:
+                bad.append(f"{job_id}: run on {host} by worker {run.worker} was repeated")
+    return bad
+
+
+class HostKillStorm(Background):
+    """Every `interval` seconds SIGKILL one random worker of either host."""
+
+    def __init__(self, hosts, seed, interval=0.2):
+        self.hosts = hosts
+        self.rng = random.Random(seed)
+        self.kills = set()           # (host name, pid inside the host)
+        self.count = 0
+        self._start_thread(interval)
+
+    def _tick(self):
+        victims = [(host, proc) for host in self.hosts for proc in host.workers()]
+        if not victims:
+            return
+        host, proc = self.rng.choice(victims)
+        try:
+            inner = ns_pid(proc.pid)
+            proc.kill()
+        except (psutil.Error, OSError):
+            return
+        self.kills.add((host.name, inner))
+        self.count += 1
+
+
+def run_storm(hosts, tmp_path, wait_until, jobs):
+    a, b = hosts
+    results = tmp_path / "results"
+    command = host_job_command(results)
+    setup_hosts(hosts, **STORM_SETTINGS)
+    a.start_workers(2)
+    b.start_workers(2)
+    seed = seed_from_env()
+    storm = HostKillStorm(hosts, seed).start()
+    started = time.monotonic()
+    try:
+        half = jobs // 2
+        ids_a = [f"a{n:05d}" for n in range(half)]
+        ids_b = [f"b{n:05d}" for n in range(jobs - half)]
+        assert a.run("enqueue", "-", input=job_lines(ids_a, command)).stdout.split() == ids_a
+        assert b.run("enqueue", "-", input=job_lines(ids_b, command)).stdout.split() == ids_b
+        acknowledged = ids_a + ids_b
+        wait_until(lambda: finished(a.spool, acknowledged), timeout=120 + jobs / 5,
+                   interval=0.5, message=f"all {jobs} jobs done under the storm")
+    finally:
+        storm.stop()
+    elapsed = time.monotonic() - started
+    for host in hosts:
+        host.run("worker", "stop", "--timeout", "2", timeout=90)
+    a.run("recover")
+    report = check_runs(results, a.spool, acknowledged)
+    unexplained = unexplained_duplicates(results, storm.kills)
+    record(f"multihost_kill_storm_{jobs}", seed=seed, jobs=jobs, kills=storm.count,
+           duplicates=report.duplicates, unexplained=len(unexplained),
+           overlapping=len(report.overlapping), lost=len(report.lost), elapsed_s=elapsed)
+    report.assert_clean()
+    assert report.processing == [] and report.rejected == [], report.summary()
+    assert unexplained == [], unexplained[:10]
+    assert storm.count > 0
+
+
+def test_kill_storm_across_hosts(hosts, tmp_path, wait_until):
+    """SIGKILL a random worker of either host every 200 ms: nothing lost, never two runs of
+    one id at once, every repeated run explained by a kill of the worker that ran it."""
+    run_storm(hosts, tmp_path, wait_until, 120)
+
+
+@pytest.mark.stress
+def test_kill_storm_across_hosts_2000(hosts, tmp_path, wait_until):
+    run_storm(hosts, tmp_path, wait_until, 2000)
+
+
+def log_lines(host, needle):
+    try:
+        text = (host.data / "logs" / "queuectl.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if needle in line]
+
+
+def job_processes(host, job_id):
+    """Live processes of the host running job_id (the job's shell and its children)."""
+    found = []
+    for proc in host.processes():
+        if _has_env_value(proc, "QUEUECTL_JOB_ID", job_id):
+            found.append(proc)
+    return found
+
+
+def _has_env_value(proc, key, value):
+    try:
+        return proc.environ().get(key) == value
+    except psutil.Error:
+        return False
+
+
+def started_runs(results, host, job_id):
+    return [r for r in read_results(results / host).executions if r.job_id == job_id]
+
+
+FIRST_ATTEMPT_HANGS = 'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then sleep 600; fi'
+
+
+def test_host_crash_b_recovers_after_the_session_expires(juicefs, hosts, tmp_path,
+                                                         wait_until):
+    """A's filesystem client (supervisor and daemon) and A's workers are SIGKILLed while A
+    runs two jobs: B recovers both once A's session expires (locks freed), runs them, and
+    nothing is lost. A's restarted workers back off on ENOTCONN instead of spinning."""
+    a, b = hosts
+    results = tmp_path / "results"
+    command = host_job_command(results, FIRST_ATTEMPT_HANGS)
+    setup_hosts(hosts, worker_poll_interval=0.5, backoff_max=0)
+    a.start_workers(2)
+    ids = ["crash1", "crash2"]
+    a.run("enqueue", "-", input=job_lines(ids, command))
+    wait_until(lambda: all(started_runs(results, "hostA", i) for i in ids), timeout=30,
+               message="both jobs running on A")
+    b.start_workers(2)
+    crashed = time.monotonic()
+    for proc in juicefs.client_processes("A"):
+        proc.kill()
+    for proc in a.workers():
+        proc.kill()
+    wait_until(lambda: all(started_runs(results, "hostB", i) for i in ids), timeout=60,
+               interval=0.1, message="B running both jobs after A's session expired")
+    recovered_s = time.monotonic() - crashed
+    docs = wait_until(lambda: (lambda d: all(x["state"] == "completed" for x in d) and d)(
+        [json.loads(b.run("show", i, "--json").stdout) for i in ids]), timeout=30,
+        interval=0.5, message="both jobs completed on B")
+    assert [d["job"]["attempts"] for d in docs] == [2, 2]     # A's died, B's completed
+    # A's restarted workers meet a dead mount: one line each, no error loop.
+    wait_until(lambda: log_lines(a, "unreachable"), timeout=20,
+               message="A's workers noticing the dead mount")
+    unreachable = log_lines(a, "unreachable")
+    loop_errors = log_lines(a, "error in the work loop")
+    record("multihost_host_crash", recovered_s=recovered_s,
+           a_unreachable_lines=len(unreachable), a_loop_errors=len(loop_errors))
+    assert loop_errors == []
+    assert len(unreachable) <= 4, unreachable        # one per worker process, not per try
+    assert read_results(results / "hostA").overlaps == []
+    assert read_results(results / "hostB").overlaps == []
+
+
+def test_client_restart_kills_the_job_before_another_host_recovers_it(juicefs, hosts,
+                                                                      tmp_path, wait_until):
+    """Only A's FUSE daemon is killed (juicefs restarts it): the locks A's worker holds die
+    with the old session and B may take them once it expires. A's worker notices within a
+    lock check and kills its job first, so the two attempts never overlap; the margin (A's
+    job gone -> B's attempt starts) is recorded."""
+    a, b = hosts
+    results = tmp_path / "results"
+    command = host_job_command(results, FIRST_ATTEMPT_HANGS)
+    setup_hosts(hosts, worker_poll_interval=0.5, backoff_max=0)
+    a.start_workers(1)
+    a.run("enqueue", "-", input=job_lines(["long"], command))
+    wait_until(lambda: started_runs(results, "hostA", "long"), timeout=30,
+               message="the job running on A")
+    b.start_workers(1)
+    job = wait_until(lambda: job_processes(a, "long"), message="A's job process")
+    juicefs.fuse_daemon("A").kill()
+    killed_at = clock_ns()
+    wait_until(lambda: not any(_alive(p) for p in job), timeout=20, interval=0.01,
+               message="A's worker killing its job after losing the lock")
+    job_gone = clock_ns()
+
+    def second_attempt():       # whichever host recovers it first runs it again
+        return [r for h in ("hostA", "hostB") for r in started_runs(results, h, "long")
+                if r.attempt == 2]
+    again = wait_until(second_attempt, timeout=60, interval=0.05,
+                       message="attempt 2 after the old session expired")
+    margin_s = (again[0].start_ns - job_gone) / 1e9
+    noticed_s = (job_gone - killed_at) / 1e9
+    record("multihost_client_restart", a_killed_job_after_s=noticed_s, margin_s=margin_s)
+    assert log_lines(a, "lost the claim on long")
+    assert again[0].start_ns > job_gone, "attempt 2 started while attempt 1 still ran"
+    assert read_results(results / "hostA").overlaps == []
+    assert read_results(results / "hostB").overlaps == []
+    doc = wait_until(lambda: (lambda d: d["state"] == "completed" and d)(
+        json.loads(b.run("show", "long", "--json").stdout)), timeout=30, interval=0.5,
+        message="the job completed")
+    assert doc["job"]["attempts"] == 2
+
+
+# ---- seeing and stopping every host ------------------------------------------------------------
+
+def test_stop_another_host_and_see_its_workers_go(hosts, wait_until):
+    """`worker stop --host hostB` on A stops B's pool through a stop request in the spool;
+    both hosts' statuses list both hosts' workers until then; a later start on B runs."""
+    a, b = hosts
+    setup_hosts(hosts, worker_poll_interval=0.5)
+    a.start_workers(1)
+    b.start_workers(2)
+    for host in hosts:
+        status = wait_until(lambda: (lambda s: len(s["workers"]) == 3 and s)(host.status()),
+                            timeout=15, message=f"3 workers seen from {host.name}")
+        assert status["spool_shared"] is True and status["filesystem"] == "fuse.juicefs"
+        assert sorted(w["host"] for w in status["workers"]) == ["hostA", "hostB", "hostB"]
+    assert len({w["worker_id"] for w in a.status()["workers"]}) == 3
+    out = a.run("worker", "stop", "--host", "hostB", "--timeout", "2", timeout=60)
+    assert out.stdout.strip() == "stopped host hostB's 2 workers", out.stdout
+    assert b.workers() == []
+    assert [w["host"] for w in a.status()["workers"]] == ["hostA"]
+    b.start_workers(1)                          # an old stop request does not stop it
+    wait_until(lambda: len(a.status()["workers"]) == 2, timeout=15,
+               message="B's new worker seen from A")
+    assert len(b.workers()) == 1
