@@ -18,7 +18,7 @@ ID_PATTERN = r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{10}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
 VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
               "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
-              "shutdown_timeout, worker_poll_interval")
+              "shutdown_timeout, spool_shared, worker_poll_interval")
 
 
 def read_job(spool, job_id, state="pending"):
