@@ -502,16 +502,27 @@ class Spool:
         except FileNotFoundError:
             return records
         for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                with open(os.path.join(self.workers_dir(), name), "rb") as f:
-                    record = json.loads(f.read(65536))
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict) and isinstance(record.get("worker_id"), str):
-                records.append(record)
+            if name.endswith(".json") and not name.startswith("."):
+                record = self._read_record(os.path.join(self.workers_dir(), name))
+                if isinstance(record, dict) and isinstance(record.get("worker_id"), str):
+                    records.append(record)
         return records
+
+    @staticmethod
+    def _read_record(path):
+        """A small JSON file that its writer replaces by rename every few seconds: a read
+        that meets the old, just-unlinked inode (ENOENT on a network filesystem) is tried
+        again on the new one. None if it is gone or unreadable."""
+        for _ in range(3):
+            try:
+                with open(path, "rb") as f:
+                    return json.loads(f.read(65536))
+            except OSError as exc:
+                if exc.errno not in GONE_ERRNOS or not os.path.lexists(path):
+                    return None
+            except ValueError:
+                return None
+        return None
 
     def stop_request_path(self, host):
         return os.path.join(self.workers_dir(), host + STOP_SUFFIX)
