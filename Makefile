@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench stress clean
+.PHONY: test test-unprivileged demo bench stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
+# As root, a second pass runs the permission-sensitive tests as an unprivileged user.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	bash scripts/test-unprivileged
+
+test-unprivileged: $(STAMP)
+	bash scripts/test-unprivileged
 
 stress: $(STAMP)
 	$(BIN)/python -m pytest -q -m stress

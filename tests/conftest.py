@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from polling import wait_until as wait_until_fn
+from progress import FileProgress
 from click.testing import CliRunner
 
 from queuectl.cli import main
@@ -138,3 +139,26 @@ def backdate(path, seconds):
 def age_file():
     """age_file(path, seconds): move a file's mtime into the past."""
     return backdate
+
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_configure(config):
+    # One line per test file (name, counts, seconds) instead of bare dots, so a slow or
+    # hanging file is visible in CI's log while it runs.
+    if config.option.verbose <= 0 and not config.option.collectonly:
+        config.pluginmanager.register(FileProgress(config), "queuectl-file-progress")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`root` tests need root; `nonroot` tests need an ordinary user (root passes every
+    permission check) and are also selected by the `unprivileged` pass of `make test`."""
+    for item in items:
+        if item.get_closest_marker("nonroot"):
+            item.add_marker(pytest.mark.unprivileged)
+            if IS_ROOT:
+                item.add_marker(pytest.mark.skip(
+                    reason="needs an unprivileged user: runs in make test's unprivileged pass"))
+        if item.get_closest_marker("root") and not IS_ROOT:
+            item.add_marker(pytest.mark.skip(reason="needs root"))

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.unprivileged
+
 from queuectl import spool as spoolmod
 from queuectl.errors import UnsafeSpool
 from queuectl.home import Home
@@ -27,7 +29,6 @@ QUEUECTL = os.path.join(os.path.dirname(sys.executable), "queuectl")
 _FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
                 "QUEUECTL_FAULT_LOG")
 FOREIGN_UID = 12345
-NEEDS_ROOT = "needs root: only root can give the spool to another uid (chown to 12345)"
 START_COMMANDS = {
     "start": ("worker", "start"),
     "foreground": ("worker", "start", "--foreground"),
@@ -94,14 +95,14 @@ def test_state_directory_replaced_by_a_symlink_is_refused(home, spool, tmp_path,
     assert os.listdir(elsewhere) == []             # nothing was created through it
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
+@pytest.mark.root
 def test_spool_owned_by_another_user_is_refused_even_for_root(home, spool):
     os.chown(spool, FOREIGN_UID, FOREIGN_UID)
     assert_refused(home, f"the spool {spool} is owned by uid {FOREIGN_UID}, not by you "
                    f"(uid {os.geteuid()}); refusing to run its jobs")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
+@pytest.mark.root
 @pytest.mark.parametrize("name", ["pending", "processing", "tmp"])
 def test_state_directory_owned_by_another_user_is_refused(home, spool, name):
     os.chown(spool / name, FOREIGN_UID, FOREIGN_UID)
