@@ -3,16 +3,19 @@ start it, stop it and list workers.
 
 Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>-<start>.json with host,
 pid and its process start time, so a reused pid (or another host's) is never mistaken for it.
-On a shared spool it also polls spool/workers/<host>.stop, so `worker stop --host H` on any
-host stops H's pools. Workers are forked from the
-supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
-killed supervisor's workers stop gracefully. A worker that dies is restarted at once; one
-that crashes young (an error exit or a fatal signal of its own, not a kill from outside) is
-restarted with a delay that doubles while it keeps crashing (a crash loop does not spin).
+Workers are forked from the supervisor (no threads exist there at fork time) and get
+PR_SET_PDEATHSIG=SIGTERM, so a killed supervisor's workers stop gracefully. A worker that
+dies is restarted at once; one that crashes young (an error exit or a fatal signal of its
+own, not a kill from outside) is restarted with a delay that doubles while it keeps
+crashing (a crash loop does not spin).
 
 Jobs die with their worker: each worker reports its running job's process group on a pipe,
 and the supervisor, which is the child subreaper of everything below it, kills that group
-when the worker dies (the job's flock then frees and recovery retries it)."""
+when the worker dies (the job's flock then frees and recovery retries it).
+
+On a shared spool a supervisor also polls spool/workers/<host>.stop (about once a second),
+so `worker stop --host H` on any host stops H's pools; a request older than the supervisor
+is ignored."""
 
 import json
 import logging

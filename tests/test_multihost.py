@@ -389,6 +389,10 @@ def test_host_crash_b_recovers_after_the_session_expires(juicefs, hosts, tmp_pat
         [json.loads(b.run("show", i, "--json").stdout) for i in ids]), timeout=30,
         interval=0.5, message="both jobs completed on B")
     assert [d["job"]["attempts"] for d in docs] == [2, 2]     # A's died, B's completed
+    seen = wait_until(lambda: (lambda ws: ws and all(w["stale"] for w in ws) and ws)(
+        [w for w in b.status()["workers"] if w["host"] == "hostA"]), timeout=20,
+        message="A's workers shown stale on B")
+    assert all(w["state"] == "stale" for w in seen)
     # A's restarted workers meet a dead mount: one line each, no error loop.
     wait_until(lambda: log_lines(a, "unreachable"), timeout=20,
                message="A's workers noticing the dead mount")
