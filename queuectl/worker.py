@@ -147,11 +147,13 @@ class Worker:
                 if self.shared:
                     metrics.prune_worker_records(self.home)
                 self.next_recovery = now + RECOVERY_SECONDS
-            started = time.monotonic()
+            started = time.thread_time()
             self.full_scan(now)
             # The rescan is only a safety net: on a huge backlog (60,000 files take ~0.1 s
-            # to list and compare) space it out so it costs at most ~5% of a core.
-            spent = time.monotonic() - started
+            # to list and compare) space it out so it costs at most ~5% of a core. CPU time,
+            # not wall time: on a shared spool the rescan is how other hosts' jobs are found,
+            # and a slow network filesystem must not stretch it to minutes.
+            spent = time.thread_time() - started
             self.next_scan = now + max(self.home.settings.worker_poll_interval, 20 * spent)
             if now >= self.next_retention:
                 self.purge_expired()

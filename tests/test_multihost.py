@@ -107,8 +107,9 @@ def run_two_hosts(hosts, tmp_path, wait_until, jobs):
     started = time.monotonic()
     ids = {name: [f"{name}-{n:04d}" for n in range(jobs // 4)]
            for name in ("enqA", "enqB", "dropA", "dropB")}
-    out_a = a.run("enqueue", "-", input=job_lines(ids["enqA"], command)).stdout.split()
-    out_b = b.run("enqueue", "-", input=job_lines(ids["enqB"], command)).stdout.split()
+    out_a = a.run("enqueue", "-", input=job_lines(ids["enqA"], command), timeout=600)
+    out_b = b.run("enqueue", "-", input=job_lines(ids["enqB"], command), timeout=600)
+    out_a, out_b = out_a.stdout.split(), out_b.stdout.split()
     assert out_a == ids["enqA"] and out_b == ids["enqB"]
     drop_in(a.spool, ids["dropA"], command)
     drop_in(b.spool, ids["dropB"], command)
@@ -298,8 +299,9 @@ def run_storm(hosts, tmp_path, wait_until, jobs):
         half = jobs // 2
         ids_a = [f"a{n:05d}" for n in range(half)]
         ids_b = [f"b{n:05d}" for n in range(jobs - half)]
-        assert a.run("enqueue", "-", input=job_lines(ids_a, command)).stdout.split() == ids_a
-        assert b.run("enqueue", "-", input=job_lines(ids_b, command)).stdout.split() == ids_b
+        for host, ids in ((a, ids_a), (b, ids_b)):
+            out = host.run("enqueue", "-", input=job_lines(ids, command), timeout=600)
+            assert out.stdout.split() == ids
         acknowledged = ids_a + ids_b
         wait_until(lambda: finished(a.spool, acknowledged), timeout=120 + jobs / 5,
                    interval=0.5, message=f"all {jobs} jobs done under the storm")
