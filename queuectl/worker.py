@@ -182,7 +182,7 @@ class Worker:
             try:
                 state = recovery.recover_one(self.home, job_id, now)
             except OSError as exc:
-                if exc.errno in DOWN_ERRNOS:
+                if self._unreachable(exc):
                     raise                  # the spool is unreachable: the loop backs off
                 log.error("recovery of %s failed: %s", job_id, exc)
                 continue
@@ -438,7 +438,7 @@ class Worker:
                         continue
                     self._spool_reachable()
                 except OSError as exc:
-                    if exc.errno not in DOWN_ERRNOS:
+                    if not self._unreachable(exc):
                         self._loop_error()
                         continue
                     if not self._spool_down(exc):
@@ -474,6 +474,18 @@ class Worker:
         self.next_scan = 0.0
         time.sleep(0.5)
 
+    def _unreachable(self, exc):
+        """Is this error the spool being unreachable (a dead mount), rather than one failed
+        operation (a local disk's EIO on one write, which is handled per job)? Only if the
+        spool cannot even be looked at: its pending/ fails to stat with ENOTCONN/EIO too."""
+        if getattr(exc, "errno", None) not in DOWN_ERRNOS:
+            return False
+        try:
+            os.stat(self.home.spool.dir("pending"))
+        except OSError as probe:
+            return probe.errno in DOWN_ERRNOS
+        return False
+
     def _spool_down(self, exc):
         """The spool is unreachable (ENOTCONN, EIO: a dead mount). Log once, wait with a
         doubling delay; False once it has been down SPOOL_DOWN_EXIT_SECONDS (give up)."""
@@ -507,7 +519,7 @@ class Worker:
             try:
                 action()
             except OSError as exc:
-                if exc.errno not in DOWN_ERRNOS:
+                if not self._unreachable(exc):
                     raise
                 if not self._spool_down(exc):
                     return False
