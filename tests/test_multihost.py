@@ -131,6 +131,8 @@ def run_two_hosts(hosts, tmp_path, wait_until, jobs):
     assert counts(statuses[0])["completed"] == jobs
     for status in statuses:
         assert sorted({w["host"] for w in status["workers"]}) == ["hostA", "hostB"], status
+    metrics = json.loads(b.run("metrics", "--json").stdout)
+    assert sorted(w["host"] for w in metrics["workers"]) == ["hostA"] * 2 + ["hostB"] * 2
     report = check_runs(results, a.spool, acknowledged)
     record("multihost_2x2", jobs=jobs, elapsed_s=elapsed, jobs_per_s=jobs / elapsed,
            duplicates=report.duplicates)
@@ -451,3 +453,21 @@ def test_client_restart_kills_the_job_before_another_host_recovers_it(juicefs, h
         json.loads(b.run("show", "long", "--json").stdout)), timeout=30, interval=0.5,
         message="the job completed")
     assert doc["job"]["attempts"] == 2
+
+
+@pytest.mark.stress
+def test_workers_exit_when_the_spool_stays_unreachable(juicefs, hosts, wait_until):
+    """A's mount dies for good: its worker logs the dead spool once, backs off, and exits
+    (code 75) after SPOOL_DOWN_EXIT_SECONDS; the supervisor starts a new one. (Over a
+    minute: stress only.)"""
+    from queuectl.worker import EXIT_SPOOL_DOWN, SPOOL_DOWN_EXIT_SECONDS
+    a, _ = hosts
+    setup_hosts([a], worker_poll_interval=0.5)
+    a.start_workers(1)
+    for proc in juicefs.client_processes("A"):
+        proc.kill()
+    wait_until(lambda: log_lines(a, f"exit code {EXIT_SPOOL_DOWN}"),
+               timeout=SPOOL_DOWN_EXIT_SECONDS + 30, interval=0.5,
+               message="A's worker exiting on a spool that stays unreachable")
+    assert len(log_lines(a, "retrying with backoff")) <= 2      # once per worker process
+    assert log_lines(a, "error in the work loop") == []
