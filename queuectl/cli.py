@@ -718,8 +718,11 @@ def worker_start(ctx, count, foreground, quiet):
 @click.option("--timeout", type=click.FloatRange(min=0),
               help="Seconds to let running jobs finish before they are killed and "
                    "requeued (default: config shutdown_timeout).")
+@click.option("--host", metavar="HOST",
+              help="Stop the pool of another host sharing this spool (it polls for a "
+                   "stop request in spool/workers/); default: this host's pool.")
 @click.pass_context
-def worker_stop(ctx, timeout):
+def worker_stop(ctx, timeout, host):
     """Stop every worker of this home gracefully: they stop claiming, running
     jobs may finish; past the timeout a job is killed and goes back to
     pending without counting an attempt. Waits and reports.
@@ -728,11 +731,13 @@ def worker_stop(ctx, timeout):
     Examples:
       queuectl worker stop
       queuectl worker stop --timeout 5
+      queuectl worker stop --host web2     # another host on a shared spool
     """
     from . import pool
     home = _home(ctx)
     limit = home.settings.shutdown_timeout if timeout is None else timeout
-    for line in pool.stop(home, limit):
+    lines = pool.stop_host(home, host, limit) if host else pool.stop(home, limit)
+    for line in lines:
         click.echo(line)
 
 

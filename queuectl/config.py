@@ -12,18 +12,22 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # out of range" in every failure, and recovery never got past it).
 MAX_SECONDS = 100 * 365 * 86400
 
+SHARED_CHOICES = ("auto", "yes", "no")
+
 
 class Key:
     """One setting: its default, kind (int, number, choice, optional_number,
     optional_path), lower bound and meaning. A plain class, not a dataclass: building
     dataclasses costs every `queuectl enqueue` a millisecond at import."""
-    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help", "maximum")
+    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help", "maximum",
+                 "choices")
 
     def __init__(self, name, default, kind, minimum=None, exclusive_min=False, help="",
-                 maximum=None):
+                 maximum=None, choices=LOG_LEVELS):
         self.name, self.default, self.kind = name, default, kind
         self.minimum, self.exclusive_min, self.help = minimum, exclusive_min, help
         self.maximum = maximum
+        self.choices = choices
 
 
 KEYS = {k.name: k for k in (
@@ -47,6 +51,8 @@ KEYS = {k.name: k for k in (
         help="keep completed jobs this long, s/none", maximum=MAX_SECONDS),
     Key("metrics_textfile", None, "optional_path",
         help="Prometheus text file (none: off)"),
+    Key("spool_shared", "auto", "choice", choices=SHARED_CHOICES,
+        help="spool shared by hosts: auto (by fs type), yes, no"),
 )}
 
 
@@ -102,10 +108,10 @@ def parse_value(name, text):
             (text is None or str(text).strip().lower() in ("none", "null", "")):
         return None
     if key.kind == "choice":
-        value = str(text).upper()
-        if value not in LOG_LEVELS:
-            raise InvalidConfig(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-        return value
+        for choice in key.choices:
+            if str(text).lower() == choice.lower():
+                return choice
+        raise InvalidConfig(f"{name} must be one of {', '.join(key.choices)}, got {text!r}")
     if key.kind == "optional_path":
         return str(text)
     if key.kind == "int" and not _looks_int(text):

@@ -12,7 +12,7 @@ from . import job as jobmod
 from . import lifecycle
 from .config import foreign_after
 from .ingest import judge, reindex
-from .spool import JOB_STATES, display_name, is_candidate
+from .spool import JOB_STATES, display_name
 
 STALE_TMP_SECONDS = 86400
 # For an id found in several states, the copy that is kept: the furthest along.

@@ -13,7 +13,7 @@ import time
 from .config import Settings
 from .errors import NoQueue
 from .index import Index
-from .spool import Spool
+from .spool import Spool, is_shared_filesystem
 from .logs import log
 
 # After an index update times out on another process's lock, skip index updates this long
@@ -57,6 +57,16 @@ class Home:
             self._logged_note = self._settings.note
             self.spool.max_job_bytes = self._settings.max_job_bytes
         return self._settings
+
+    def shared_spool(self):
+        """(shared, filesystem type): is the spool on a filesystem other hosts may use?
+        The spool_shared setting decides; 'auto' goes by the filesystem type (NFS, CephFS,
+        GlusterFS, any FUSE filesystem such as JuiceFS count as shared)."""
+        fstype = self.spool.filesystem()
+        choice = self.settings.spool_shared
+        if choice == "auto":
+            return is_shared_filesystem(fstype), fstype
+        return choice == "yes", fstype
 
     def _load_settings(self, last_good):
         from .settings_store import ConfigUnreadable, load, shown_path

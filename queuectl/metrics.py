@@ -24,6 +24,7 @@ from .spool import JOB_STATES
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = 2
 STALE_AFTER = 3 * HEARTBEAT_SECONDS
+RECORD_EXPIRY = 600        # another host's worker record is deleted this long after its beat
 WINDOW_SECONDS = 900
 AGE_EDGES = (60, 300, 600, 1200, 2400, 4800, 9600)   # qshape-like, in seconds
 AGE_LABELS = ("<1m", "1-5m", "5-10m", "10-20m", "20-40m", "40-80m", "80-160m", ">=160m")
@@ -176,19 +177,51 @@ def history(home, now, span_s, step_s):
 
 
 def worker_rows(home):
-    """Worker heartbeats: stale ones (no beat for 3 intervals) flagged, and records of dead
-    processes on this host removed."""
+    """Worker heartbeats: this host's from the index, other hosts' from spool/workers/ (a
+    shared spool); stale ones (no beat for 3 intervals) flagged, and records of dead
+    processes on this host removed. Another host's liveness cannot be checked from here:
+    its workers are shown stale once their heartbeats stop."""
     rows = []
     now = time.time()
-    for row in home.index.workers():
+    records = list(home.index.workers())
+    known = {row["worker_id"] for row in records}
+    try:
+        shared = home.spool.worker_records()
+    except OSError:                   # an unreachable spool: this host's view only
+        shared = []
+    for record in shared:
+        if record["worker_id"] in known:
+            continue
+        if runner.is_same_process(record.get("host"), record.get("pid", -1),
+                                  record.get("started_at")) is False:
+            continue                  # this host's, exited without removing its record
+        records.append({key: record.get(key) for key in home.index.WORKER_COLUMNS})
+    for row in records:
         if runner.is_same_process(row["host"], row["pid"], row["started_at"]) is False:
-            home.index_safely("worker cleanup", home.index.delete_worker, row["worker_id"])
+            if row["worker_id"] in known:
+                home.index_safely("worker cleanup", home.index.delete_worker,
+                                  row["worker_id"])
             continue
         row["stale"] = now - (row["heartbeat_at"] or 0) > STALE_AFTER
         if row["stale"]:
             row["state"] = "stale"
         rows.append(row)
+    rows.sort(key=lambda r: (r["host"] or "", r["started_at"] or 0))
     return rows
+
+
+def prune_worker_records(home):
+    """Delete spool/workers/ records nobody will renew: this host's dead workers (SIGKILLed
+    before they could remove theirs) and any record whose beat is RECORD_EXPIRY old (a host
+    that crashed or left). Run by workers on a shared spool; OSErrors are the caller's."""
+    now = time.time()
+    for record in home.spool.worker_records():
+        dead_here = runner.is_same_process(record.get("host"), record.get("pid", -1),
+                                           record.get("started_at")) is False
+        beat = record.get("heartbeat_at")
+        expired = not isinstance(beat, (int, float)) or now - beat > RECORD_EXPIRY
+        if dead_here or expired:
+            home.spool.remove_worker(record["worker_id"])
 
 
 # ---- a worker's own reporting ------------------------------------------------------------------

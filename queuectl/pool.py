@@ -15,18 +15,10 @@ import time
 
 from . import runner
 from .errors import QueueError
-from .supervisor import records_dir, signal_pid, stop_path
+from .supervisor import records_dir, signal_pid, stop_path, supervisor_id, write_stop_timeout
 
 log = logging.getLogger("queuectl")
 KILL_GRACE_SECONDS = 15     # `worker stop`: from SIGUSR1 to SIGKILL for what is left
-
-
-def _write_stop_timeout(record_path, timeout):
-    """Tell that supervisor's workers how long running jobs may take to finish."""
-    tmp = f"{record_path}.{os.getpid()}.stop-tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{timeout}\n")
-    os.replace(tmp, stop_path(record_path))
 
 
 def _signal_same(host, pid, started_at, signum):
@@ -90,12 +82,12 @@ def start(home, count, wait_seconds=20):
              "--quiet"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + wait_seconds
-    supervisor_id = f"{runner.HOSTNAME}-{proc.pid}"
+    wanted = supervisor_id(proc.pid, runner.process_started(proc.pid))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise QueueError(f"the supervisor exited at once (code {proc.returncode}); "
                              f"see {log_path}")
-        workers = [w for w in home.index.workers() if w["supervisor"] == supervisor_id]
+        workers = [w for w in home.index.workers() if w["supervisor"] == wanted]
         if len(workers) >= count:
             return {"supervisor_pid": proc.pid, "workers": sorted(w["pid"] for w in workers)}
         time.sleep(0.05)
@@ -116,7 +108,7 @@ def stop(home, timeout):
             os.unlink(record["path"])
             report.append(f"removed stale record of supervisor {record['pid']} (not running)")
         else:
-            _write_stop_timeout(record["path"], timeout)
+            write_stop_timeout(record["path"], timeout)
             _signal_same(record["host"], record["pid"], record.get("started_at"), signal.SIGTERM)
             live.append(record)
     if not live:
@@ -144,3 +136,32 @@ def stop(home, timeout):
         report.append(f"stopped supervisor {record['pid']} and its {count} "
                       f"worker{'s' if count != 1 else ''}")
     return report
+
+
+def stop_host(home, host, timeout):
+    """Ask the pools of `host` (sharing this spool) to stop gracefully through a stop
+    request in spool/workers/, and wait until its workers' heartbeats are gone (or stale).
+    This host's own name stops the local pool directly."""
+    if host == runner.HOSTNAME:
+        return stop(home, timeout)
+    if not home.spool.exists():
+        raise QueueError(f"no spool at {home.spool_dir}")
+    from .metrics import STALE_AFTER
+
+    def running():
+        now = time.time()
+        return [r for r in home.spool.worker_records() if r.get("host") == host and
+                now - (r.get("heartbeat_at") or 0) <= STALE_AFTER]
+    before = running()
+    home.spool.request_host_stop(host, timeout)
+    if not before:
+        return [f"asked host {host} to stop (it has no live workers on this spool now; "
+                f"its pools stop when they next look)"]
+    deadline = time.monotonic() + timeout + 15
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = running()
+    if left:
+        return [f"asked host {host} to stop; {len(left)} of its workers still heartbeat "
+                f"after {timeout + 15:g}s"]
+    return [f"stopped host {host}'s {len(before)} worker{'s' if len(before) != 1 else ''}"]

@@ -75,6 +75,7 @@ def status(home, workers=()):
     counts = {state: 0 for state in JOB_STATES}
     counts.update(home.index.counts())
     ready, scheduled, oldest_due = home.index.ready_summary(now)
+    shared, filesystem = home.shared_spool()
     return {
         "home": home.home, "spool": home.spool_dir, "data": home.data_dir,
         "counts": counts, "rejected": home.index.rejected_count(),
@@ -87,6 +88,7 @@ def status(home, workers=()):
                     for name, age_s in home.spool.foreign("pending",
                                                           foreign_after(home.settings), now)],
         "worker_summary": worker_summary(workers, now),
+        "spool_shared": shared, "filesystem": filesystem,
         "workers": list(workers),
     }
 

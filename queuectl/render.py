@@ -105,6 +105,9 @@ def status_text(report):
     lines = [f"home: {report['home']}"]
     if report["spool"] != f"{report['home']}/spool" or report["data"] != f"{report['home']}/data":
         lines.append(f"spool: {report['spool']}  data: {report['data']}")
+    if report.get("spool_shared"):
+        lines.append(f"spool shared with other hosts ({report.get('filesystem')}): "
+                     "workers of every host are listed")
     if report.get("paused"):
         lines.append("PAUSED: workers are not claiming jobs (queuectl resume)")
     if report.get("settings_note"):

@@ -94,6 +94,7 @@ class RunningJob:
         self.timed_out = None      # the time limit, once it was hit
         self.stopped = False
         self.cancelled = False
+        self.lost = False           # the claim's lock was lost (killed at once, not finished)
         try:
             self.log_fd = open_log(log_path)
             os.write(self.log_fd, header.encode("utf-8", "replace"))
@@ -131,7 +132,8 @@ class RunningJob:
         self-pipe, an inotify fd) is readable, and at least every second. The time limit
         (seconds, or None) kills the group and sets timed_out. At every wake check() (if
         given) returns (reason, seconds until it wants to be asked again): reason
-        "stopped" or "cancelled" kills the group and sets that flag; None carries on."""
+        "stopped", "cancelled" or "lost" kills the group and sets that flag ("lost" at once:
+        another host may already be taking the job); None carries on."""
         deadline = self.started + timeout if timeout else None
         while self.poll() is None:
             now = time.monotonic()
@@ -142,7 +144,7 @@ class RunningJob:
             reason, within = check() if check is not None else (None, 1.0)
             if reason is not None:
                 setattr(self, reason, True)
-                self.kill_group()
+                self.kill_group(grace=0 if reason == "lost" else KILL_GRACE_SECONDS)
                 return
             limit = max(0.0, min(1.0, within, deadline - now if deadline else 1.0))
             if self.pidfd is None:
@@ -191,7 +193,7 @@ class RunningJob:
         outcome = "ok" if result.ok else result.error
         if self.log_fd is not None:
             _write_quietly(self.log_fd, f"=== end: {outcome} ({duration:.3f}s) {worker_label}\n")
-            os.close(self.log_fd)
+            _close_quietly(self.log_fd)   # EBADF: a network filesystem's client restarted
         if self.pidfd is not None:
             os.close(self.pidfd)
         return result
@@ -199,7 +201,10 @@ class RunningJob:
     def _last_line(self):
         if self.log_fd is None:
             return ""
-        return self._tail()
+        try:
+            return self._tail()
+        except OSError:       # the log became unreadable (a dead or restarted mount)
+            return ""
 
     def _tail(self):
         """The last line this attempt printed: the shell's own message for 126/127."""
@@ -227,6 +232,13 @@ def end_interrupted_log(path, note):
             _write_quietly(fd, ("" if tail.endswith("\n") else "\n") + f"=== end: {note}\n")
     finally:
         os.close(fd)
+
+
+def _close_quietly(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _write_quietly(fd, text):

@@ -4,7 +4,7 @@ import os
 import stat
 
 from .errors import UnsafeSpool
-from .spool import ALL_DIRS
+from .spool import ALL_DIRS, WORKERS_DIR
 
 
 def check_spool(home):
@@ -18,7 +18,7 @@ def check_spool(home):
     if st.st_uid != me:
         raise UnsafeSpool(f"the spool {root} is owned by uid {st.st_uid}, not by you "
                           f"(uid {me}); refusing to run its jobs")
-    for name in ("", *ALL_DIRS):
+    for name in ("", *ALL_DIRS, WORKERS_DIR):
         path = os.path.join(root, name) if name else root
         try:
             st = os.lstat(path)

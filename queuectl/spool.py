@@ -11,11 +11,18 @@ A job's state is the directory its file sits in. Invariants kept here:
   leftover in processing/ for recovery, never a lost job).
 - Files are opened O_NOFOLLOW|O_NONBLOCK and fstat-ed before reading: symlinks, FIFOs,
   directories and oversize files are refused without reading a byte of them.
-- A claim holds an exclusive flock on the job's inode for as long as the job runs.
-On failure, OSErrors other than the expected races propagate to the caller."""
+- A claim holds an exclusive flock on the job's inode for as long as the job runs;
+  `check_claim` re-asserts it (a network filesystem can drop it: a client restart, a dead
+  mount) and finishing moves only a claim that still holds.
+- On a shared filesystem a file can vanish under an fd another host opened: ENOENT, ESTALE
+  or EBADF on a fresh fd (GONE_ERRNOS) mean "lost the race", a silent skip, and never leak
+  the fd.
+On failure, OSErrors other than the expected races propagate to the caller; ENOTCONN/EIO
+(DOWN_ERRNOS) mean the spool itself is unreachable (a dead mount)."""
 
 import errno
 import fcntl
+import json
 import os
 import stat
 
@@ -32,6 +39,17 @@ _OTHER_STATES = tuple(s for s in JOB_STATES if s != "processing")
 REASON_SUFFIX = ".reason"
 CANCEL_PREFIX, CANCEL_SUFFIX = ".", ".cancel"
 PAUSE_FILE = "PAUSED"
+WORKERS_DIR = "workers"   # heartbeats of every host's workers and stop requests (shared spools)
+STOP_SUFFIX = ".stop"
+# The file vanished or was replaced under an fd we had just opened: another host claimed,
+# finished or unlinked it (ENOENT from flock/fstat/pread on JuiceFS, ESTALE on NFS), or our
+# filesystem client restarted (EBADF). Lost the race: skip.
+GONE_ERRNOS = (errno.ENOENT, errno.ESTALE, errno.EBADF)
+# The spool itself is unreachable: a dead network mount (ENOTCONN), an I/O error.
+DOWN_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESHUTDOWN, errno.ENODEV, errno.EHOSTDOWN)
+# Filesystem types whose directories other machines may share (from /proc/self/mountinfo).
+SHARED_FILESYSTEMS = ("nfs", "nfs4", "ceph", "glusterfs", "cifs", "smb3", "lustre", "gpfs",
+                      "gfs2", "ocfs2", "beegfs", "9p", "afs", "orangefs")
 _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to import)
 
 
@@ -43,6 +61,11 @@ class NotAJobFile(Exception):
         super().__init__(reason)
         self.reason = reason
         self.gone = gone
+
+
+class LostClaim(OSError):
+    """We no longer hold a claim: its lock could not be re-asserted (a filesystem client
+    restart, a dead mount) or processing/<id> is no longer the file we locked."""
 
 
 class Claim:
@@ -306,9 +329,11 @@ class Spool:
         and oversize ones before any read. Returns (fd, stat)."""
         try:
             fd = fsops.open_(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise NotAJobFile("vanished", gone=True) from None
         except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise NotAJobFile("vanished", gone=True) from None
+            if exc.errno in DOWN_ERRNOS:
+                raise
             if exc.errno == errno.ELOOP:
                 raise NotAJobFile("is a symbolic link (never followed)") from None
             if exc.errno == errno.EISDIR:
@@ -321,8 +346,13 @@ class Spool:
         try:
             st = os.fstat(fd)
             self._check_stat(st)
+        except OSError as exc:
+            _close_quietly(fd)
+            if exc.errno in GONE_ERRNOS:
+                raise NotAJobFile("vanished", gone=True) from None
+            raise
         except BaseException:
-            os.close(fd)
+            _close_quietly(fd)
             raise
         return fd, st
 
@@ -361,8 +391,12 @@ class Spool:
         fd, st = self._open_checked(f"{self._prefix}{state}/{name}", os.O_RDONLY)
         try:
             return self._read_fd(fd), st
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:     # unlinked by another host after our open
+                raise NotAJobFile("vanished", gone=True) from None
+            raise
         finally:
-            os.close(fd)
+            _close_quietly(fd)
 
     def lstat(self, state, name):
         try:
@@ -436,43 +470,54 @@ class Spool:
     # ---- claiming and finishing -----------------------------------------------------------
     def claim(self, state, job_id):
         """Lock <state>/<id>.json and move it into processing/. Returns a Claim, or None when
-        another process holds it or won the race (normal, silent). NotAJobFile if the path
+        another process holds it or won the race (normal, silent: also ENOENT/ESTALE/EBADF
+        from the fresh fd, another host's win on a shared spool). NotAJobFile if the path
         is not a regular file of acceptable size."""
         src = self.path(state, job_id)
         fd, st = self._open_checked(src, os.O_RDWR)
         try:
-            try:
-                fsops.flock(fd, _LOCK_EX_NB, src)
-            except BlockingIOError:
-                os.close(fd)    # someone else is claiming or running it
+            taken = self._lock_and_move(fd, st, src, job_id)
+        except OSError as exc:
+            _close_quietly(fd)
+            if exc.errno in GONE_ERRNOS:
                 return None
-            # Between our open and flock another worker may have claimed and finished the
-            # file and a new one may sit under the name: only move the inode we locked.
-            try:
-                current = os.lstat(src)
-            except FileNotFoundError:
-                os.close(fd)
-                return None
-            if current.st_ino != st.st_ino or current.st_dev != st.st_dev:
-                os.close(fd)
-                return None
-            try:
-                fsops.rename_noreplace(src, self.path("processing", job_id))
-            except (FileNotFoundError, FileExistsError):
-                os.close(fd)    # lost the race, or the same id is running: skip
-                return None
-            st = os.fstat(fd)
-            return Claim(job_id, fd, self._read_fd(fd), st, state)
+            raise
         except BaseException:
             _close_quietly(fd)
             raise
+        if taken is None:
+            _close_quietly(fd)
+            return None
+        return Claim(job_id, fd, *taken, state)
+
+    def _lock_and_move(self, fd, st, src, job_id):
+        """The claim under the fd: (data, stat) once moved, None if someone else has it."""
+        try:
+            fsops.flock(fd, _LOCK_EX_NB, src)
+        except BlockingIOError:
+            return None         # someone else is claiming or running it
+        # Between our open and flock another worker may have claimed and finished the
+        # file and a new one may sit under the name: only move the inode we locked.
+        try:
+            current = os.lstat(src)
+        except FileNotFoundError:
+            return None
+        if current.st_ino != st.st_ino or current.st_dev != st.st_dev:
+            return None
+        try:
+            fsops.rename_noreplace(src, self.path("processing", job_id))
+        except (FileNotFoundError, FileExistsError):
+            return None         # lost the race, or the same id is running: skip
+        return self._read_fd(fd), os.fstat(fd)
 
     def finish(self, claim, data, dest):
         """Write the job's new record into dest/ and release processing/. Order: tmp, fsync,
         fsync of the claim's origin (settle_claim), move into dest (never replacing), fsync
         dest, unlink processing/, close (unlock).
         A crash after the move leaves a leftover in processing/ that recovery deletes.
-        DuplicateId if dest already holds the id; the claim is then still held."""
+        DuplicateId if dest already holds the id; the claim is then still held. LostClaim
+        (nothing moved) if the claim no longer holds: another host may own the job now."""
+        self.check_claim(claim)
         tmp = self._write_tmp(data)
         try:
             self.settle_claim(claim, dest)
@@ -485,6 +530,25 @@ class Spool:
             raise
         fsops.fsync_dir(self.dir(dest))
         self.release(claim, unlink=True)
+
+    def check_claim(self, claim):
+        """Raise LostClaim unless the claim still holds: its flock is re-asserted (a no-op
+        for a lock we hold; EBADF after a filesystem client restart, ENOTCONN on a dead
+        mount) and processing/<id> is still the inode we locked (fencing before a finishing
+        move). Not a move, so it bypasses fsops' fault hook: a timer calls it while jobs run,
+        and counted crash points must not depend on timing."""
+        path = self.path("processing", claim.job_id)
+        try:
+            fcntl.flock(claim.fd, _LOCK_EX_NB)
+            st = os.fstat(claim.fd)
+            current = os.lstat(path)
+        except BlockingIOError:
+            raise LostClaim(errno.EAGAIN, "another process holds its lock now", path) from None
+        except OSError as exc:
+            raise LostClaim(exc.errno, f"its lock is gone ({exc.strerror})", path) from None
+        if st.st_nlink == 0 or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            raise LostClaim(errno.ESTALE, "processing/ no longer holds the file we claimed",
+                            path)
 
     def settle_claim(self, claim, dest):
         """Make the claim's move out of its origin durable before the job appears in dest
@@ -517,27 +581,109 @@ class Spool:
 
     def probe_orphan(self, job_id):
         """Lock processing/<id>.json if nobody holds it: a Claim on an orphan, else None.
-        Re-checks after locking that the path still names the locked inode."""
+        Re-checks after locking that the path still names the locked inode. The fd is
+        closed on every path that returns no Claim."""
         path = self.path("processing", job_id)
         try:
             fd = fsops.open_(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (FileNotFoundError, OSError):
+        except OSError as exc:
+            if exc.errno in DOWN_ERRNOS:
+                raise
             return None
         try:
             fsops.flock(fd, _LOCK_EX_NB, path)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        st = os.fstat(fd)
-        current = self.lstat("processing", job_name(job_id))
-        if st.st_nlink == 0 or current is None or current.st_ino != st.st_ino:
-            os.close(fd)
-            return None
-        try:
-            data = self._read_fd(fd)
-        except NotAJobFile:
-            data = b""
+            st = os.fstat(fd)
+            current = self.lstat("processing", job_name(job_id))
+            if st.st_nlink == 0 or current is None or \
+                    (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+                _close_quietly(fd)
+                return None
+            try:
+                data = self._read_fd(fd)
+            except NotAJobFile:
+                data = b""
+        except OSError as exc:
+            _close_quietly(fd)
+            if isinstance(exc, BlockingIOError) or exc.errno in GONE_ERRNOS:
+                return None      # owned, or recovered and unlinked by another host
+            raise
+        except BaseException:
+            _close_quietly(fd)
+            raise
         return Claim(job_id, fd, data, st, "processing")
+
+    # ---- what every host must see: worker heartbeats and stop requests ------------------
+    def workers_dir(self):
+        return os.path.join(self.root, WORKERS_DIR)
+
+    def write_worker(self, record):
+        """Publish a worker's heartbeat as workers/<worker_id>.json (tmp + fsync + rename),
+        so `status` on any host sees every host's workers."""
+        os.makedirs(self.workers_dir(), mode=0o755, exist_ok=True)
+        tmp = self._write_tmp(json.dumps(record).encode())
+        fsops.replace(tmp, os.path.join(self.workers_dir(), record["worker_id"] + ".json"))
+
+    def remove_worker(self, worker_id):
+        _unlink_quietly(os.path.join(self.workers_dir(), worker_id + ".json"))
+
+    def worker_records(self):
+        """Every heartbeat record in workers/ (unreadable or half-gone ones skipped)."""
+        records = []
+        try:
+            names = os.listdir(self.workers_dir())
+        except FileNotFoundError:
+            return records
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):
+                record = self._read_record(os.path.join(self.workers_dir(), name))
+                if isinstance(record, dict) and isinstance(record.get("worker_id"), str):
+                    records.append(record)
+        return records
+
+    @staticmethod
+    def _read_record(path):
+        """A small JSON file that its writer replaces by rename every few seconds: a read
+        that meets the old, just-unlinked inode (ENOENT on a network filesystem) is tried
+        again on the new one. None if it is gone or unreadable."""
+        for _ in range(3):
+            try:
+                with open(path, "rb") as f:
+                    return json.loads(f.read(65536))
+            except OSError as exc:
+                if exc.errno not in GONE_ERRNOS or not os.path.lexists(path):
+                    return None
+            except ValueError:
+                return None
+        return None
+
+    def stop_request_path(self, host):
+        return os.path.join(self.workers_dir(), host + STOP_SUFFIX)
+
+    def request_host_stop(self, host, timeout):
+        """Ask every supervisor of `host` to stop (they poll this file): workers/<host>.stop
+        holding the shutdown timeout, rewritten each time so a change is seen."""
+        os.makedirs(self.workers_dir(), mode=0o755, exist_ok=True)
+        tmp = self._write_tmp(json.dumps({"timeout": timeout,
+                                          "nonce": os.urandom(6).hex()}).encode())
+        fsops.replace(tmp, self.stop_request_path(host))
+
+    def stop_request(self, host):
+        """(identity, timeout) of the host's stop request file, or None. The identity
+        (inode, mtime) changes with every new request."""
+        path = self.stop_request_path(host)
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                timeout = float(json.loads(f.read(4096)).get("timeout", 30))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
+        return (st.st_ino, st.st_mtime_ns), timeout
+
+    # ---- where the spool lives ---------------------------------------------------------
+    def filesystem(self):
+        """The type of the filesystem holding the spool (from /proc/self/mountinfo), e.g.
+        'ext4', 'nfs4', 'fuse.juicefs'; None if unknown."""
+        return filesystem_type(self.root)
 
     # ---- rejecting ----------------------------------------------------------------------
     def reject(self, state, name, reason):
@@ -592,6 +738,30 @@ def _unclaimable(path, exc):
         return why
     return (f"{why} (the worker runs as uid {os.geteuid()}; the file is owned by uid "
             f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+def filesystem_type(path):
+    """The filesystem type of the mount holding `path` (longest mount point prefix)."""
+    try:
+        real = os.path.realpath(path)
+        best, kind = "", None
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                fstype = fields[fields.index("-") + 1]
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fstype
+        return kind
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_shared_filesystem(fstype):
+    """True for network and cluster filesystems other machines may mount too (any FUSE
+    filesystem counts: JuiceFS, GlusterFS, CephFS and s3fs clients are FUSE)."""
+    if not fstype:
+        return False
+    return fstype in SHARED_FILESYSTEMS or fstype.startswith("fuse.")
 
 
 def _unlink_quietly(path):

@@ -2,16 +2,21 @@
 --foreground` under systemd); the commands that start, stop and list supervisors are in
 pool.py.
 
-Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>.json with host, pid and
-its process start time, so a reused pid is never mistaken for it. Workers are forked from the
-supervisor (no threads exist there at fork time) and get PR_SET_PDEATHSIG=SIGTERM, so a
-killed supervisor's workers stop gracefully. A worker that dies is restarted at once; one
-that crashes young (an error exit or a fatal signal of its own, not a kill from outside) is
-restarted with a delay that doubles while it keeps crashing (a crash loop does not spin).
+Invariants: a supervisor is recorded in data/supervisors/<host>-<pid>-<start>.json with host,
+pid and its process start time, so a reused pid (or another host's) is never mistaken for it.
+Workers are forked from the supervisor (no threads exist there at fork time) and get
+PR_SET_PDEATHSIG=SIGTERM, so a killed supervisor's workers stop gracefully. A worker that
+dies is restarted at once; one that crashes young (an error exit or a fatal signal of its
+own, not a kill from outside) is restarted with a delay that doubles while it keeps
+crashing (a crash loop does not spin).
 
 Jobs die with their worker: each worker reports its running job's process group on a pipe,
 and the supervisor, which is the child subreaper of everything below it, kills that group
-when the worker dies (the job's flock then frees and recovery retries it)."""
+when the worker dies (the job's flock then frees and recovery retries it).
+
+On a shared spool a supervisor also polls spool/workers/<host>.stop (about once a second),
+so `worker stop --host H` on any host stops H's pools; a request older than the supervisor
+is ignored."""
 
 import json
 import logging
@@ -39,7 +44,9 @@ class Supervisor:
         self.count = count
         self.pid = os.getpid()
         self.started_at = runner.process_started(self.pid)
-        self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
+        self.supervisor_id = supervisor_id(self.pid, self.started_at)
+        self.shared = False
+        self.seen_stop = None       # the stop request present at start is an old one
         self.record_path = os.path.join(records_dir(home), self.supervisor_id + ".json")
         self.children = {}          # pid -> fork time
         self.child_starts = {}      # pid -> process start time (psutil), for `worker stop`
@@ -60,6 +67,32 @@ class Supervisor:
             self.stop_now = True
         for pid in list(self.children):
             signal_pid(pid, signal.SIGUSR1 if self.stop_now else signal.SIGTERM)
+
+    def watch_stop_requests(self):
+        """On a shared spool, remember the current stop request file (an old one)."""
+        try:
+            self.shared = self.home.shared_spool()[0]
+            if self.shared:
+                request = self.home.spool.stop_request(runner.HOSTNAME)
+                self.seen_stop = request[0] if request else None
+        except OSError:
+            self.shared = False
+
+    def check_stop_request(self):
+        """Stop like on SIGTERM when a new spool/workers/<host>.stop appears."""
+        if not self.shared or self.stopping:
+            return
+        request = self.home.spool.stop_request(runner.HOSTNAME)
+        if request is None or request[0] == self.seen_stop:
+            return
+        self.seen_stop = request[0]
+        log.info("supervisor %s: stop requested through the spool (timeout %gs)",
+                 self.supervisor_id, request[1])
+        try:
+            write_stop_timeout(self.record_path, request[1])
+        except OSError as exc:
+            log.warning("could not record the stop timeout: %s", exc)
+        self._on_signal(signal.SIGTERM, None)
 
     def write_record(self):
         self.home.make_data_dir("supervisors")
@@ -207,8 +240,10 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         runner.prctl(runner.PR_SET_CHILD_SUBREAPER, 1)
         log.info("supervisor %s starting %d workers", self.supervisor_id, self.count)
+        self.watch_stop_requests()
         try:
             while not self.stopping:
+                self.check_stop_request()
                 self.reap()
                 changed = False
                 while len(self.children) < self.count and time.monotonic() >= self.next_start \
@@ -249,8 +284,21 @@ class Supervisor:
                 self._kill_orphaned_job(pid)
 
 
+def supervisor_id(pid, started_at):
+    """host-pid-start: unique across hosts whose pids collide and across pid reuse."""
+    return f"{runner.HOSTNAME}-{pid}-{int(started_at or 0)}"
+
+
 def stop_path(record_path):
     return record_path[:-len(".json")] + ".stop"
+
+
+def write_stop_timeout(record_path, timeout):
+    """Tell that supervisor's workers how long running jobs may take to finish."""
+    tmp = f"{record_path}.{os.getpid()}.stop-tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{timeout}\n")
+    os.replace(tmp, stop_path(record_path))
 
 
 def signal_pid(pid, signum):

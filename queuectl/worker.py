@@ -5,7 +5,15 @@ Invariants: a job is only run under its flock, claimed by rename into processing
 state change goes through lifecycle; signal handlers only set flags (and wake the loop
 through the self-pipe). SIGTERM/SIGINT: stop claiming, let the running job finish within
 shutdown_timeout, then kill its group and requeue it without counting an attempt. SIGUSR1:
-the same, without waiting. Correct with no inotify events at all: the poll timer rescans."""
+the same, without waiting. Correct with no inotify events at all: the poll timer rescans.
+
+On a spool shared by several hosts (spool_shared; see docs/multi-host.md): inotify only
+reports this host's changes, so other hosts' jobs are found by the poll timer; heartbeats
+also go to spool/workers/ for every host to see. While a job runs its claim lock is
+re-asserted every LOCK_CHECK_SECONDS: a lock the filesystem dropped (client restart, dead
+mount) kills the job at once and the job is not finished here (another host recovers it).
+A spool that fails with ENOTCONN/EIO is retried with backoff, logged once per change, and
+the worker exits (the supervisor restarts it) if it stays unreachable SPOOL_DOWN_EXIT_SECONDS."""
 
 import logging
 import os
@@ -17,7 +25,7 @@ from . import job as jobmod
 from . import control, lifecycle, metrics, recovery, runner, watcher
 from .ingest import Verdict, judge, settle
 from .picker import Picker
-from .spool import NotAJobFile, is_candidate
+from .spool import DOWN_ERRNOS, LostClaim, NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
@@ -31,6 +39,10 @@ INDEX_GROUP_SECONDS = 0.02
 CANCEL_CHECK_AFTER = 0.05    # a job's first look for a cancel marker, after its start
 JUDGED_KEPT = 4096           # files whose verdict is kept for their claim (_judge_claimed)
 TAKE_FROM = ("pending", "failed")
+LOCK_CHECK_SECONDS = 1.0     # how often a running job's claim lock is re-asserted
+SPOOL_DOWN_EXIT_SECONDS = 60  # an unreachable spool for this long ends the worker
+SPOOL_DOWN_MAX_DELAY = 10    # the longest wait between two looks at an unreachable spool
+EXIT_SPOOL_DOWN = 75         # EX_TEMPFAIL: the supervisor restarts us later
 
 
 class Worker:
@@ -71,6 +83,9 @@ class Worker:
         # worker (re)started with a backlog runs jobs before it lstat()s completed/.
         self.next_retention = self.clock() + RETENTION_SECONDS
         self.retention_checked = False
+        self.shared = False          # spool shared with other hosts (set by loop)
+        self.down_since = None       # when the spool became unreachable, while it is
+        self.down_delay = 0.0
 
     # ---- control --------------------------------------------------------------------------
     def request_stop(self, immediately=False):
@@ -158,12 +173,16 @@ class Worker:
                 self.watch = None
             if now >= self.next_recovery:
                 self.recover(now)
+                if self.shared:
+                    metrics.prune_worker_records(self.home)
                 self.next_recovery = now + RECOVERY_SECONDS
-            started = time.monotonic()
+            started = time.thread_time()
             self.full_scan(now)
             # The rescan is only a safety net: on a huge backlog (60,000 files take ~0.1 s
-            # to list and compare) space it out so it costs at most ~5% of a core.
-            spent = time.monotonic() - started
+            # to list and compare) space it out so it costs at most ~5% of a core. CPU time,
+            # not wall time: on a shared spool the rescan is how other hosts' jobs are found,
+            # and a slow network filesystem must not stretch it to minutes.
+            spent = time.thread_time() - started
             self.next_scan = now + max(self.home.settings.worker_poll_interval, 20 * spent)
             if now >= self.next_retention:
                 self.purge_expired()
@@ -193,6 +212,8 @@ class Worker:
             try:
                 state = recovery.recover_one(self.home, job_id, now)
             except Exception as exc:     # one bad orphan must not stop the others or us
+                if isinstance(exc, OSError) and self._unreachable(exc):
+                    raise                  # the spool is unreachable: the loop backs off
                 # Logged once per file (retried every RECOVERY_SECONDS, quietly).
                 log.log(logging.DEBUG if name in self.recovery_failed else logging.ERROR,
                         "%s: recovery of %s failed: %s; skipped, will retry",
@@ -306,11 +327,19 @@ class Worker:
         timeout = doc.get("timeout") or home.settings.job_timeout
         if self.report_job and running.pid:
             self.report_job(running.pid)
-        self._wait(running, timeout)
+        lost = self._wait(running, timeout, held)
         result = running.finish(self.label)
         if self.report_job and running.pid:
             self.report_job(0)
         self.current = None
+        if lost is not None:
+            # Another host may be recovering the job already: finishing it here could run
+            # it twice or overwrite its newer state. Leave processing/ to recovery.
+            home.spool.release(held, unlink=False)
+            log.error("%s: lost the claim on %s (%s); killed the job and left it to "
+                      "recovery", self.label, doc["id"], lost)
+            self.next_recovery = 0.0
+            return
         now = self.clock()
         try:
             state = lifecycle.finish_attempt(home, held, doc, result, now)
@@ -334,21 +363,33 @@ class Worker:
             home.flush_index()
             self.next_flush = now + INDEX_GROUP_SECONDS
 
-    def _wait(self, running, timeout):
+    def _wait(self, running, timeout, held=None):
         """Wait for the job (runner.RunningJob.wait enforces its time limit), waking for
         signals, inotify, heartbeats and the index's group commit; a stop (past the
-        shutdown deadline, or at once for SIGUSR1) or a cancel request kills its group."""
+        shutdown deadline, or at once for SIGUSR1) or a cancel request kills its group.
+        The claim's lock is re-asserted every LOCK_CHECK_SECONDS: if it is gone (another
+        host may take the job) the group is killed at once. Returns None, or why the claim
+        was lost."""
         stop_at = None
         flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
         # Short jobs end before anyone could cancel them: no marker lookup for them.
         cancel_at = running.started + CANCEL_CHECK_AFTER
+        next_lock_check = running.started + LOCK_CHECK_SECONDS
+        lost = []
 
         def check():
-            nonlocal stop_at, flush_at
+            nonlocal stop_at, flush_at, next_lock_check
             self.wakeup.clear()
             if self.watch is not None:
                 self.watch.read(self.wakeup)     # keep the names for after the job
             now = time.monotonic()
+            if held is not None and now >= next_lock_check:
+                next_lock_check = now + LOCK_CHECK_SECONDS
+                try:
+                    self.home.spool.check_claim(held)
+                except LostClaim as exc:
+                    lost.append(exc.strerror)
+                    return "lost", 0.0
             if self.stopping and stop_at is None:
                 stop_at = now + self._shutdown_timeout()
             if self.stop_now or (stop_at is not None and now >= stop_at):
@@ -365,9 +406,12 @@ class Worker:
             limits += [t - now for t in (stop_at, flush_at) if t is not None]
             if now < cancel_at:
                 limits.append(cancel_at - now)
+            if held is not None:
+                limits.append(next_lock_check - now)
             return None, min(limits)
 
         running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check)
+        return lost[0] if lost else None
 
     def _shutdown_timeout(self):
         """`worker stop --timeout S` leaves S in data/supervisors/<supervisor>.stop for our
@@ -403,6 +447,11 @@ class Worker:
         self.home.flush_index()
         written = metrics.heartbeat(self.home, record, self.label, ingest_first=not busy)
         self._stats = (written["cpu_percent"], written["rss_bytes"])
+        if self.shared:
+            try:
+                self.home.spool.write_worker(written)
+            except OSError as exc:     # a dead mount is noticed (and logged) by the loop
+                log.debug("%s: heartbeat not written to the spool: %s", self.label, exc)
         minute = int(time.time() // 60)
         if minute != self.backlog_minute:       # one backlog sample a minute for the charts
             self.backlog_minute = minute
@@ -422,26 +471,37 @@ class Worker:
     def loop(self):
         """Run until asked to stop. Returns the process exit code."""
         home = self.home
-        home.spool.ensure_layout()
+        if not self._await_spool(home.spool.ensure_layout):
+            return EXIT_SPOOL_DOWN
+        self.shared, fstype = home.shared_spool()
         self.watch = watcher.start([home.spool.dir(s) for s in TAKE_FROM] + [home.spool_dir],
                                    self.wakeup)
-        log.info("%s started (%s)", self.label,
-                 "inotify" if self.watch else "polling, inotify unavailable")
+        log.info("%s started (%s%s)", self.label,
+                 "inotify" if self.watch else "polling, inotify unavailable",
+                 f"; spool shared with other hosts ({fstype}): they are seen by polling every "
+                 f"{home.settings.worker_poll_interval:g}s" if self.shared else "")
+        code = 0
         try:
             self.heartbeat()           # report in before a possibly long first scan
             while not self.stopping:
                 try:
                     if self.run_once():
+                        self._spool_reachable()
                         continue
+                    self._spool_reachable()
                     if not self.retention_checked and not self.stopping:
                         self.purge_expired()
                         continue
+                except OSError as exc:
+                    if not self._unreachable(exc):
+                        self._loop_error()
+                        continue
+                    if not self._spool_down(exc):
+                        code = EXIT_SPOOL_DOWN
+                        break
+                    continue
                 except Exception:
-                    # Never die over one bad step: the spool is unchanged or recoverable
-                    # (a claim we could not finish stays in processing/ for recovery).
-                    log.exception("%s: error in the work loop; carrying on", self.label)
-                    self.next_scan = 0.0
-                    time.sleep(0.5)
+                    self._loop_error()
                     continue
                 if self.stopping:
                     break
@@ -453,9 +513,75 @@ class Worker:
                 self.watch.stop()
             home.flush_index()
             home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
+            if self.shared:
+                try:
+                    home.spool.remove_worker(self.worker_id)
+                except OSError:
+                    pass
             log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
                      self.jobs_failed)
-        return 0
+        return code
+
+    def _loop_error(self):
+        # Never die over one bad step: the spool is unchanged or recoverable (a claim we
+        # could not finish stays in processing/ for recovery).
+        log.exception("%s: error in the work loop; carrying on", self.label)
+        self.next_scan = 0.0
+        time.sleep(0.5)
+
+    def _unreachable(self, exc):
+        """Is this error the spool being unreachable (a dead mount), rather than one failed
+        operation (a local disk's EIO on one write, which is handled per job)? Only if the
+        spool cannot even be looked at: its pending/ fails to stat with ENOTCONN/EIO too."""
+        if getattr(exc, "errno", None) not in DOWN_ERRNOS:
+            return False
+        try:
+            os.stat(self.home.spool.dir("pending"))
+        except OSError as probe:
+            return probe.errno in DOWN_ERRNOS
+        return False
+
+    def _spool_down(self, exc):
+        """The spool is unreachable (ENOTCONN, EIO: a dead mount). Log once, wait with a
+        doubling delay; False once it has been down SPOOL_DOWN_EXIT_SECONDS (give up)."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self.down_delay = 0.5
+            log.error("%s: spool %s unreachable (%s); retrying with backoff, exiting if it "
+                      "stays so for %ds", self.label, self.home.spool_dir,
+                      exc.strerror or exc, SPOOL_DOWN_EXIT_SECONDS)
+        elif now - self.down_since >= SPOOL_DOWN_EXIT_SECONDS:
+            log.error("%s: spool unreachable for %ds; exiting", self.label,
+                      now - self.down_since)
+            return False
+        else:
+            self.down_delay = min(self.down_delay * 2, SPOOL_DOWN_MAX_DELAY)
+        self.next_scan = 0.0
+        select.select([self.wakeup], [], [], self.down_delay)
+        self.wakeup.clear()
+        return True
+
+    def _spool_reachable(self):
+        if self.down_since is not None:
+            log.warning("%s: spool reachable again after %.1fs", self.label,
+                        time.monotonic() - self.down_since)
+            self.down_since = None
+
+    def _await_spool(self, action):
+        """Run a start-up spool action, backing off while the spool is unreachable."""
+        while not self.stopping:
+            try:
+                action()
+            except OSError as exc:
+                if not self._unreachable(exc):
+                    raise
+                if not self._spool_down(exc):
+                    return False
+                continue
+            self._spool_reachable()
+            return True
+        return False
 
 
 def run_worker(home, supervisor=None, report_job=None):

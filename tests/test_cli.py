@@ -19,7 +19,7 @@ ID_PATTERN = r"[0-9a-hjkmnp-tv-z]{11}-[0-9a-hjkmnp-tv-z]{7}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
 VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
               "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
-              "shutdown_timeout, worker_poll_interval")
+              "shutdown_timeout, spool_shared, worker_poll_interval")
 
 
 def read_job(spool, job_id, state="pending"):

@@ -17,7 +17,7 @@ from queuectl.settings_store import set_value, unset_value
 
 VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
               "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
-              "shutdown_timeout, worker_poll_interval")
+              "shutdown_timeout, spool_shared, worker_poll_interval")
 
 
 def refused(key, text):

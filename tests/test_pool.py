@@ -86,13 +86,15 @@ def test_starting_twice_adds_workers_and_stop_stops_every_supervisor(pool, home,
     assert len(workers) == 4
     pids = {w["pid"] for w in workers}
     assert pids == set(first_workers) | set(second_workers) | set(third_workers)
+    def sid(pid):          # host-pid-start: unique across hosts with colliding pids
+        return f"{HOST}-{pid}-{int(psutil.Process(pid).create_time())}"
     assert sorted(w["supervisor"] for w in workers) == sorted(
-        f"{HOST}-{sup}" for sup in (first_sup, second_sup, second_sup, third_sup))
+        sid(sup) for sup in (first_sup, second_sup, second_sup, third_sup))
     assert {w["host"] for w in workers} == {HOST}
     assert all(w["state"] == "idle" and not w["stale"] for w in workers)
     assert len(supervisor_records(home)) == 3
-    assert f"{HOST}-{first_sup}.json" in supervisor_records(home)
-    assert f"{HOST}-{second_sup}.json" in supervisor_records(home)
+    assert f"{sid(first_sup)}.json" in supervisor_records(home)
+    assert f"{sid(second_sup)}.json" in supervisor_records(home)
 
     stopped = pool.stop()
     assert (stopped.exit_code, stopped.stderr) == (0, "")

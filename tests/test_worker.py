@@ -15,6 +15,8 @@ import socket
 import subprocess
 import time
 
+import psutil
+
 from queuectl import job as jobmod
 from workerkit import (JOB_STATES, group_alive, home_processes, describe, ids_in, lines,
                        pid_alive, pool, q, read_job, spool_files, states_of)  # noqa: F401
@@ -226,7 +228,9 @@ def test_sigkilled_worker_mid_job_is_recovered_and_never_runs_twice_at_once(
     workers = wait_until(replaced, timeout=15,
                          message="status to list two workers, the killed one replaced")
     assert all(pid_alive(w["pid"]) for w in workers)
-    assert {w["supervisor"] for w in workers} == {f"{socket.gethostname()}-{supervisor}"}
+    started = int(psutil.Process(supervisor).create_time())     # host-pid-start
+    assert {w["supervisor"] for w in workers} == \
+        {f"{socket.gethostname()}-{supervisor}-{started}"}
 
 
 def test_a_job_that_kills_its_worker_is_buried_after_max_retries_plus_one_attempts(
