@@ -39,6 +39,13 @@ class QueuectlGroup(click.Group):
 _LOG_SETUP = []
 
 
+def _drain_hooks():
+    """A command that finished jobs (cancel, recover) waits for their hooks before exit."""
+    hooks = sys.modules.get("queuectl.hooks")
+    if hooks is not None:
+        hooks.drain()
+
+
 def _quiet_logging():
     logger = logging.getLogger("queuectl")
     for handler in list(logger.handlers):
@@ -83,6 +90,7 @@ def main(ctx, home_dir, spool_dir, data_dir):
     """
     ctx.obj = Home(home_dir, spool_dir, data_dir)
     ctx.call_on_close(ctx.obj.close)
+    ctx.call_on_close(_drain_hooks)
     logging.getLogger("queuectl").addHandler(logging.NullHandler())
     if ctx.invoked_subcommand not in (None, "worker"):
         ctx.call_on_close(_quiet_logging)
@@ -103,9 +111,26 @@ def main(ctx, home_dir, spool_dir, data_dir):
               help="Retries before the DLQ (default: config max_retries).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Kill the job after this many seconds.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
+              help="Run only once these jobs have completed (a failed one sends this job "
+                   "to dead/).")
+@click.option("--after-any", "after_any", is_flag=True, default=None,
+              help="With --after: run once they have finished, whatever the outcome.")
+@click.option("--queue", "queue", metavar="NAME",
+              help="The queue this job is in (default: 'default'); see worker start --queue.")
+@click.option("--unique-key", "unique_key", metavar="KEY",
+              help="Refuse the job while another pending, failed or processing job has "
+                   "this key.")
+@click.option("--if-exists", "if_exists", type=click.Choice(["error", "skip"]),
+              default="error", show_default=True,
+              help="With --unique-key: 'skip' prints the existing job's id and exits 0.")
+@click.option("--retry-on", "retry_on", metavar="CODES",
+              help="Exit codes that always retry for this job: 1,75,100-110.")
+@click.option("--no-retry-on", "no_retry_on", metavar="CODES",
+              help="Exit codes that send this job to dead/ at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON array.")
 @click.pass_context
-def enqueue(ctx, job_json, script, as_json, **overrides):
+def enqueue(ctx, job_json, script, as_json, if_exists, **overrides):
     """Add jobs to the queue and print their ids.
 
     JSON is one job object; '-' reads one object or JSON Lines (one job per
@@ -118,9 +143,17 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       queuectl enqueue '{"id": "nightly", "command": "./backup.sh", "priority": 5}'
       queuectl enqueue --file job.py --delay 10m
       cat jobs.jsonl | queuectl enqueue -
+      queuectl enqueue --after build-1 --queue gpu '{"command": "./train"}'
+      queuectl enqueue --unique-key sync-db --if-exists skip '{"command": "./sync"}'
     """
     from . import submit
+    from .config import parse_codes
     home = _home(ctx)
+    after = [i.strip() for item in overrides.pop("after") for i in item.split(",") if i.strip()]
+    overrides["after"] = after or None
+    for name in ("retry_on", "no_retry_on"):
+        if overrides[name] is not None:
+            overrides[name] = sorted(parse_codes(overrides[name], "--" + name.replace("_", "-")))
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:
@@ -131,7 +164,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
         docs = submit.parse_submission(job_json.encode("utf-8", "surrogateescape"))
     else:
         raise click.UsageError("give a job as JSON, '-' for stdin, or --file SCRIPT")
-    ids = submit.enqueue(home, docs, overrides)
+    ids = submit.enqueue(home, docs, overrides, if_exists=if_exists)
     if as_json:
         _echo_json(ids)
     else:
@@ -147,9 +180,10 @@ STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "de
 @main.command("list")
 @click.option("--state", type=STATE_CHOICE, help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
-def list_cmd(ctx, state, limit, as_json):
+def list_cmd(ctx, state, limit, queue, as_json):
     """List jobs: pending first in the order workers will take them
     (priority, then run time), then the others newest first.
 
@@ -161,13 +195,18 @@ def list_cmd(ctx, state, limit, as_json):
     """
     from .queries import list_jobs
     home = _home(ctx)
-    rows = list_jobs(home, state, limit)
+    if queue is not None:
+        from .queues import list_in_queue
+        rows = list_in_queue(home, queue, state, limit)
+    else:
+        rows = list_jobs(home, state, limit)
     if as_json:
         _echo_json(rows)
     elif rows:
         click.echo(f"home: {home.home}\n" + render.job_table(rows))
     else:
-        click.echo(f"no {state + ' ' if state else ''}jobs in {home.home}")
+        click.echo(f"no {state + ' ' if state else ''}jobs"
+                   f"{f' in queue {queue!r}' if queue else ''} in {home.home}")
 
 
 def _workers(home):
@@ -213,7 +252,30 @@ def show(ctx, job_id, as_json):
     """
     from .queries import show as show_job
     info = show_job(_home(ctx), job_id)
-    click.echo(render.to_json(info) if as_json else render.show_text(info))
+    if as_json:
+        click.echo(render.to_json(info))
+        return
+    click.echo(render.show_text(info))
+    if (info.get("job") or {}).get("history"):
+        click.echo("\n" + render.history_text(info["job"]))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def why(ctx, job_id, as_json):
+    """Explain in one paragraph where a job is and what it waits for: its
+    place in line, the workers, its schedule, its dependencies, its last
+    error and retry, the pause flag, or why it was rejected.
+
+    \b
+    Example:
+      queuectl why nightly
+    """
+    from .why import explain
+    info = explain(_home(ctx), job_id)
+    click.echo(render.to_json(info) if as_json else info["text"])
 
 
 # ---- dead letter queue ------------------------------------------------------------------------
@@ -582,9 +644,11 @@ def worker():
               help="How many workers to run.")
 @click.option("--foreground", is_flag=True,
               help="Stay attached; stop gracefully on Ctrl-C or SIGTERM.")
+@click.option("--queue", "queue", metavar="NAME[,NAME...]",
+              help="Take only jobs of these queues (default: every queue).")
 @click.option("--quiet", is_flag=True, hidden=True)
 @click.pass_context
-def worker_start(ctx, count, foreground, quiet):
+def worker_start(ctx, count, foreground, queue, quiet):
     """Start a supervisor that keeps COUNT workers running (restarting any
     that die). Returns once they run, unless --foreground. Starting again
     adds workers.
@@ -593,9 +657,11 @@ def worker_start(ctx, count, foreground, quiet):
     Examples:
       queuectl worker start --count 4
       queuectl worker start --foreground --count 2    # for systemd
+      queuectl worker start --queue gpu --count 1     # a pool of its own for 'gpu'
     """
     from . import pool
     home = _home(ctx)
+    queues = _queue_names(queue)
     if foreground:
         from .security import check_spool
         home.spool.ensure_layout()
@@ -604,19 +670,36 @@ def worker_start(ctx, count, foreground, quiet):
             click.echo(f"running {count} worker{'s' if count != 1 else ''} in the foreground "
                        f"for {home.home} "
                        "(Ctrl-C stops them gracefully)")
-        sys.exit(pool.run_foreground(home, count))
-    started = pool.start(home, count)
+        sys.exit(pool.run_foreground(home, count, queues))
+    started = pool.start(home, count, queues=queues)
+    serving = f" serving queue{'s' if len(queues) > 1 else ''} {', '.join(queues)}" \
+        if queues else ""
     click.echo(f"started supervisor {started['supervisor_pid']} with {count} worker"
                f"{'s' if count != 1 else ''} (pids {', '.join(map(str, started['workers']))}) "
-               f"for {home.home}")
+               f"for {home.home}{serving}")
+
+
+def _queue_names(text):
+    """'a,b' -> ['a', 'b'] (checked like a job's queue field); None for every queue."""
+    if text is None:
+        return None
+    from .errors import InvalidJob
+    from .job import QUEUE_RE
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not QUEUE_RE.match(n)]
+    if not names or bad:
+        raise InvalidJob(f"--queue must be queue names separated by commas, got {text!r}")
+    return names
 
 
 @worker.command("stop")
 @click.option("--timeout", type=click.FloatRange(min=0),
               help="Seconds to let running jobs finish before they are killed and "
                    "requeued (default: config shutdown_timeout).")
+@click.option("--queue", metavar="NAME",
+              help="Stop only the pools started with --queue NAME.")
 @click.pass_context
-def worker_stop(ctx, timeout):
+def worker_stop(ctx, timeout, queue):
     """Stop every worker of this home gracefully: they stop claiming, running
     jobs may finish; past the timeout a job is killed and goes back to
     pending without counting an attempt. Waits and reports.
@@ -625,11 +708,12 @@ def worker_stop(ctx, timeout):
     Examples:
       queuectl worker stop
       queuectl worker stop --timeout 5
+      queuectl worker stop --queue gpu
     """
     from . import pool
     home = _home(ctx)
     limit = home.settings.shutdown_timeout if timeout is None else timeout
-    for line in pool.stop(home, limit):
+    for line in pool.stop(home, limit, queue):
         click.echo(line)
 
 

@@ -43,3 +43,15 @@ class Timeout(QueueError):
     """A wait ran out of time (the CLI exits 124 for it)."""
 
     exit_code = 124
+
+
+class DuplicateKey(QueueError):
+    """A unique_key already held by a pending, failed or processing job."""
+
+    def __init__(self, message, holder):
+        super().__init__(message)
+        self.holder = holder
+
+
+class UnknownDependency(QueueError):
+    """An `after` id that names no job in the spool."""

@@ -10,6 +10,7 @@ instead, so nothing is ever overwritten or lost."""
 
 import logging
 
+from . import history, retry_policy
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob
 from .index import job_row
@@ -106,7 +107,25 @@ def _finish(home, claim, doc, dest, what, now):
                   claim.job_id, dest, exc, moved)
         return None
     _index_job(home, what, doc, dest)
+    if dest in FINAL_STATES:
+        _finished(home, doc, dest)
     return dest
+
+
+FINAL_STATES = ("completed", "dead")
+
+
+def _finished(home, doc, dest):
+    """A job reached completed/ or dead/: free its unique key, run the hooks. Neither may
+    affect the job (it has already moved): failures are logged."""
+    from . import hooks, unique
+    if doc.get("unique_key") is not None:
+        try:
+            unique.release(home.spool, doc["unique_key"], doc["id"])
+        except OSError as exc:
+            log.error("could not free unique key of %s: %s (queuectl fsck --repair)",
+                      doc["id"], exc)
+    hooks.job_finished(home, doc, dest)
 
 
 def complete(home, claim, doc, result, now):
@@ -122,11 +141,14 @@ def fail(home, claim, doc, error, exit_code, duration_s, now):
     """Count the attempt; retry later with backoff, or bury once retries are exhausted."""
     doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=exit_code, last_error=error,
                duration_s=duration_s, finished_at=jobmod.iso(now))
-    if jobmod.is_exhausted(doc):
-        return bury(home, claim, doc, now)
     settings = home.settings
+    permanent = retry_policy.permanent_reason(doc, exit_code, settings)
+    if permanent or jobmod.is_exhausted(doc):
+        history.note(doc, f"dead: {permanent or 'retries exhausted'}")
+        return bury(home, claim, doc, now)
     delay = jobmod.retry_delay(doc["attempts"], settings.backoff_base, settings.backoff_max)
     doc["run_at"] = jobmod.iso(now + delay)
+    history.note(doc, f"retry at {doc['run_at']}")
     state = _finish(home, claim, doc, "failed", "fail", now)
     log.info("failed %s (attempt %d of %d): %s; retry in %gs", doc["id"], doc["attempts"],
              doc["max_retries"] + 1, error, delay)
@@ -138,6 +160,15 @@ def bury(home, claim, doc, now):
     state = _finish(home, claim, doc, "dead", "bury", now)
     log.warning("dead %s after %d attempts: %s", doc["id"], doc["attempts"],
                 doc.get("last_error"))
+    return state
+
+
+def bury_unrunnable(home, claim, doc, reason, now):
+    """A job that can never run (a dependency failed): to dead/ without an attempt."""
+    doc.update(last_error=reason, finished_at=jobmod.iso(now))
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "dead", "bury", now)
+    log.warning("dead %s: %s", doc["id"], reason)
     return state
 
 
@@ -223,6 +254,7 @@ def recover(home, job_id, now):
     except (InvalidJob, NotAJobFile) as exc:
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
     log.warning("recovery: %s had no live worker (worker died)", job_id)
+    history.append(doc, history.from_log(doc, home.spool.output_path(job_id), now))
     try:
         return fail(home, held, doc, "worker died", None, None, now)
     finally:

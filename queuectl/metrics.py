@@ -87,7 +87,13 @@ def report(home, workers):
         "run_time_s": run,
         "last_heartbeat_age_s": round(time.time() - max(beats), 3) if beats else None,
         "workers": [_worker(w) for w in workers],
+        "queues": _queues(home, workers, now),
     }
+
+
+def _queues(home, workers, now):
+    from .queues import summary
+    return summary(home, workers, now)
 
 
 def _worker(row):

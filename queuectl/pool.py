@@ -38,9 +38,10 @@ def _records_dir(home):
 # ---- the supervisor ---------------------------------------------------------------------------
 
 class Supervisor:
-    def __init__(self, home, count):
+    def __init__(self, home, count, queues=None):
         self.home = home
         self.count = count
+        self.queues = list(queues) if queues else None     # None: every queue
         self.pid = os.getpid()
         self.started_at = runner.process_started(self.pid)
         self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
@@ -68,6 +69,7 @@ class Supervisor:
         self.home.make_data_dir("supervisors")
         record = {"host": runner.HOSTNAME, "pid": self.pid, "started_at": self.started_at,
                   "count": self.count, "workers": sorted(self.children),
+                  "queues": self.queues,
                   "home": self.home.home}
         tmp = f"{self.record_path}.{self.pid}.tmp"
         with open(tmp, "w") as f:
@@ -92,7 +94,7 @@ class Supervisor:
                     os._exit(0)            # the supervisor died before prctl took effect
                 os.close(self.report_r)
                 home = Home(self.home.home, self.home.spool_dir, self.home.data_dir)
-                code = run_worker(home, self.supervisor_id, self._reporter())
+                code = run_worker(home, self.supervisor_id, self._reporter(), self.queues)
             except BaseException:
                 logging.getLogger("queuectl").exception("worker crashed")
             finally:
@@ -310,9 +312,10 @@ def supervisors(home):
     return result
 
 
-def start(home, count, wait_seconds=20):
-    """Start a detached supervisor with `count` workers; returns its record once they all
-    heartbeat. QueueError if they don't come up in time."""
+def start(home, count, wait_seconds=20, queues=None):
+    """Start a detached supervisor with `count` workers (taking only jobs of `queues`, or
+    every queue); returns its record once they all heartbeat. QueueError if they don't come
+    up in time."""
     home.spool.ensure_layout()
     home.make_data_dir("logs")
     from .security import check_spool
@@ -322,7 +325,7 @@ def start(home, count, wait_seconds=20):
         proc = subprocess.Popen(
             [sys.executable, "-m", "queuectl", "--home", home.home, "--spool", home.spool_dir,
              "--data", home.data_dir, "worker", "start", "--foreground", "--count", str(count),
-             "--quiet"],
+             "--quiet", *(["--queue", ",".join(queues)] if queues else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + wait_seconds
     supervisor_id = f"{runner.HOSTNAME}-{proc.pid}"
@@ -338,23 +341,32 @@ def start(home, count, wait_seconds=20):
                      f"{home.path('logs', 'queuectl.log')}")
 
 
-def run_foreground(home, count):
+def run_foreground(home, count, queues=None):
     from .security import check_spool
     home.spool.ensure_layout()
     check_spool(home)
     home.configure_logging("supervisor")
-    supervisor = Supervisor(home, count)
+    supervisor = Supervisor(home, count, queues)
     supervisor.write_record()
     return supervisor.run()
 
 
-def stop(home, timeout):
-    """Ask every live supervisor of this home to stop gracefully and wait. After `timeout`
-    seconds, running jobs are killed and requeued (SIGUSR1); after a further grace, anything
-    left is SIGKILLed (recovery then takes over). Stale records are removed."""
+def serves(record, queue):
+    """Was this supervisor started for `queue` (`worker start --queue`)? Pools started
+    without --queue take every queue but are not selected by name."""
+    return queue in (record.get("queues") or ())
+
+
+def stop(home, timeout, queue=None):
+    """Ask every live supervisor of this home (only the pools started with --queue `queue`,
+    when given) to stop gracefully and wait. After `timeout` seconds, running jobs are
+    killed and requeued (SIGUSR1); after a further grace, anything left is SIGKILLed
+    (recovery then takes over). Stale records are removed."""
     report = []
     live = []
     for record, alive in supervisors(home):
+        if queue is not None and not serves(record, queue):
+            continue
         if alive is None:
             report.append(f"skipped supervisor {record['pid']} on host {record['host']}")
         elif not alive:
@@ -365,7 +377,8 @@ def stop(home, timeout):
             _signal(record["pid"], signal.SIGTERM)
             live.append(record)
     if not live:
-        return report + ["no workers were running"]
+        return report + ["no workers were running" if queue is None else
+                         f"no workers of queue {queue!r} were running"]
     escalations = [(timeout, signal.SIGUSR1), (timeout + 15, signal.SIGKILL)]
     started = time.monotonic()
     while True:

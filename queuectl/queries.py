@@ -41,13 +41,16 @@ def status(home, workers=()):
     counts = {state: 0 for state in JOB_STATES}
     counts.update(home.index.counts())
     ready, scheduled, oldest_due = home.index.ready_summary(now)
+    from .queues import summary
+    workers = list(workers)
     return {
         "home": home.home, "spool": home.spool_dir, "data": home.data_dir,
         "counts": counts, "rejected": home.index.rejected_count(),
         "ready": ready, "scheduled": scheduled,
         "oldest_ready_age_s": round(now - oldest_due, 3) if oldest_due is not None else None,
         "paused": home.spool.is_paused(),
-        "workers": list(workers),
+        "workers": workers,
+        "queues": summary(home, workers, now),
     }
 
 

@@ -81,9 +81,24 @@ def status_text(report):
     rows = [[state, n, detail.get(state, "")] for state, n in counts.items()]
     rows.append(["rejected", report["rejected"], ""])
     lines.append(table(["STATE", "JOBS", ""], rows))
+    if _named_queues(report.get("queues")):
+        lines.append("")
+        lines.append(queues_text(report["queues"]))
     lines.append("")
     lines.append(workers_text(report["workers"]))
     return "\n".join(lines)
+
+
+def _named_queues(queues):
+    """Show the per-queue table only once there is more than the default queue."""
+    return queues and [q["queue"] for q in queues] != [jobmod.DEFAULT_QUEUE]
+
+
+def queues_text(queues):
+    return "queues:\n" + table(
+        ["QUEUE", "READY", "SCHED", "RUNNING", "FAILED", "DEAD", "OLDEST", "WORKERS"],
+        [[q["queue"], q["ready"], q["scheduled"], q["processing"], q["failed"], q["dead"],
+          age(q["oldest_ready_age_s"]), f"{q['busy']}/{q['workers']} busy"] for q in queues])
 
 
 def workers_text(workers):
@@ -108,10 +123,26 @@ def show_text(info):
     if info.get("last_error"):
         lines.append(f"error:    {info['last_error']}")
     for key, value in (info.get("job") or {}).items():
-        if key not in ("id", "last_error"):
+        if key not in ("id", "last_error", "history"):
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             lines.append(f"{key + ':':<13} {shown}")
     return "\n".join(lines)
+
+
+def history_text(doc):
+    """The attempt history as a table (the output tails are in show --json and the file)."""
+    rows = []
+    for number, record in enumerate(doc.get("history") or []):
+        if number == 3 and doc.get("history_dropped"):
+            rows.append(["...", f"({doc['history_dropped']} attempts not kept)", "", "", "",
+                         "", ""])
+        rows.append([record.get("attempt"), record.get("started_at"),
+                     _fmt(record.get("duration_s"), "s"), record.get("worker"),
+                     record.get("outcome") + (f" ({record['signal']})" if record.get("signal")
+                                              else ""),
+                     record.get("exit_code"), record.get("next") or ""])
+    return "history:\n" + table(["#", "STARTED", "TOOK", "WORKER", "OUTCOME", "EXIT", "NEXT"],
+                                 rows)
 
 
 def config_text(rows):
@@ -161,6 +192,8 @@ def metrics_text(m):
               "-" if w["rss_mb"] is None else f"{w['rss_mb']:.1f}"] for w in m["workers"]]))
     else:
         lines.append("workers: none running")
+    if _named_queues(m.get("queues")):
+        lines += ["", queues_text(m["queues"])]
     return "\n".join(lines)
 
 
