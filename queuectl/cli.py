@@ -201,7 +201,8 @@ def list_cmd(ctx, state, limit, queue, as_json):
     else:
         rows = list_jobs(home, state, limit)
     if as_json:
-        _echo_json(rows)
+        from .history import attach
+        _echo_json(attach(home, rows))
     elif rows:
         click.echo(f"home: {home.home}\n" + render.job_table(rows))
     else:

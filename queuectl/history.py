@@ -137,3 +137,19 @@ def _read_end(path, start, size):
         return "", 0
     finally:
         os.close(fd)
+
+
+def attach(home, rows):
+    """Add each job's `history` (read from its file) to index rows, for list --json."""
+    for row in rows:
+        if row.get("state") in (None, "rejected"):
+            continue
+        try:
+            data, _ = home.spool.read(row["state"], row["id"] + jobmod.JOB_SUFFIX)
+            doc = jobmod.loads_object(data)
+        except Exception:        # moved on or unreadable meanwhile: no history shown
+            doc = {}
+        row["history"] = doc.get("history") or []
+        if doc.get("history_dropped"):
+            row["history_dropped"] = doc["history_dropped"]
+    return rows

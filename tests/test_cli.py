@@ -16,8 +16,9 @@ from queuectl import job as jobmod
 
 ID_PATTERN = r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{10}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
-VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
-              "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
+VALID_KEYS = ("backoff_base, backoff_max, completed_retention, hook_timeout, job_timeout, "
+              "log_level, max_job_bytes, max_retries, metrics_textfile, on_dead, on_finish, "
+              "permanent_exit_codes, retry_exit_codes, settle_seconds, "
               "shutdown_timeout, worker_poll_interval")
 
 
