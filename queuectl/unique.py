@@ -1,8 +1,8 @@
 """Unique keys: at most one pending, failed or processing job per `unique_key`, across every
 process and host that shares the spool.
 
-A key is a file spool/keys/<sha256 of the key>, created by link() from a file written and
-fsynced in tmp/ (link never replaces: of several enqueuers exactly one wins, also over NFS),
+A key is a file spool/keys/<sha256 of the key>, created by link() from a file written
+beside it (link never replaces: of several enqueuers exactly one wins, also over NFS),
 holding the id of the job that owns it and the key itself. The key is taken before the job
 is published and freed once the job reaches completed/ or dead/ (lifecycle).
 
@@ -89,19 +89,26 @@ def _ensure_dir(spool):
 
 def acquire(spool, key, job_id):
     """Take `key` for job_id. Returns None when job_id holds it now (taken, or already its
-    own), else the id of the live job that holds it."""
-    _ensure_dir(spool)
+    own), else the id of the live job that holds it. No fsync: a key lost by a power cut is
+    taken again when its job is claimed, and a key that outlives its job is stale."""
     path = key_path(spool, key)
-    tmp = spool._write_tmp(f"{job_id}\n{key}\n".encode("utf-8"))
+    holder, _, st = _read(path)
+    if holder == job_id:
+        return None                 # the usual case for a claimed job: taken at enqueue
+    _ensure_dir(spool)
+    tmp = os.path.join(keys_dir(spool), f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+    fd = fsops.open_(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        fsops.write_all(fd, f"{job_id}\n{key}\n".encode("utf-8"), tmp)
+    finally:
+        os.close(fd)
     try:
         for _ in range(5):
             try:
                 fsops.link(tmp, path)
+                return None
             except FileExistsError:
                 pass
-            else:
-                fsops.fsync_dir(keys_dir(spool))
-                return None
             holder, _, st = _read(path)
             if holder is None:
                 continue                          # freed meanwhile: try again
