@@ -4,7 +4,10 @@ Pass: no acknowledged job lost, nothing unexpected runs, never two executions of
 once, no id in two states, processing/ empty at the end, and no more duplicate executions
 than kills that hit a busy worker. Variants: producers SIGKILLed in the middle of their batch
 (every printed id runs, nothing half-written is ever visible in pending/, nothing rejected),
-and SIGTERM instead of SIGKILL (nothing lost, nothing run twice).
+and SIGTERM instead of SIGKILL (nothing lost, nothing run twice). The storms' jobs include
+dependencies (a dependent never starts before its dependency's completing run ended) and
+unique keys (every key freed at the end, after fsck --repair for a kill between a job's last
+move and freeing its key).
 
 Sizes. The SIGKILL storm runs the issue's CI size, 2,000 jobs x 3 rounds, by default. On 2
 cores it drained 110-210 jobs/s (~250 without kills; restarts and recoveries cost the rest)
@@ -14,6 +17,7 @@ default. `pytest -m stress` runs the storms at the issue's stress size (10,000 x
 SIGTERM storm also at 2,000 x 3, and 99 producer batches of 500. Seeds are recorded (set
 TORTURE_SEED to replay one)."""
 
+import json
 import os
 import random
 import signal
@@ -37,12 +41,52 @@ STORM_SETTINGS = {"max_retries": 1000,     # a job hit by many kills must not go
                   "backoff_max": 0}        # ... nor wait out a backoff: retry at once
 
 
+# The job mix: every DEP_EVERY-th job waits for the job before it in its batch (`after`),
+# every KEY_EVERY-th holds a unique key of its own (taken at enqueue, freed when it ends).
+DEP_EVERY, KEY_EVERY = 4, 3
+
+
+def mixed_lines(ids, command):
+    jobs = []
+    for n, job_id in enumerate(ids):
+        job = {"id": job_id, "command": command}
+        if n % DEP_EVERY == DEP_EVERY - 1:
+            job["after"] = [ids[n - 1]]
+        if n % KEY_EVERY == 0:
+            job["unique_key"] = f"key-{job_id}"
+        jobs.append(json.dumps(job) + "\n")
+    return "".join(jobs)
+
+
+def enqueue_mixed(home, ids, command):
+    return qctl(home, "enqueue", "-", input=mixed_lines(ids, command), timeout=600).stdout.split()
+
+
+def assert_mix_held(home, report, ids):
+    """A dependent's first run started after its dependency's completing run ended; every
+    unique key was freed (a worker killed between a job's last move and freeing its key
+    leaves a stale key: fsck --repair removes it)."""
+    dependents = 0
+    for job_id in ids:
+        job = json.loads((home / "spool" / "completed" / f"{job_id}.json").read_bytes())
+        for dep in job.get("after", ()):
+            dep_ends = [r.end_ns for r in report.runs.get(dep, []) if r.end_ns]
+            first_start = min(r.start_ns for r in report.runs[job_id])
+            assert dep_ends and first_start > max(dep_ends), (job_id, dep)
+            dependents += 1
+    assert dependents >= len(ids) // DEP_EVERY - len(ids) // BATCH - 1
+    qctl(home, "fsck", "--repair", check=False)
+    keys = home / "spool" / "keys"
+    assert [k for k in os.listdir(keys) if not k.startswith(".")] == []
+
+
 def produce(home, ids, command):
     """Enqueue `ids` in batches by PRODUCERS concurrent `enqueue -` calls; returns the ids
     printed (acknowledged), asserting that every batch was acknowledged whole."""
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
     with ThreadPoolExecutor(PRODUCERS) as executor:
-        printed = list(executor.map(lambda batch: enqueue(home, batch, command), batches))
+        printed = list(executor.map(lambda batch: enqueue_mixed(home, batch, command),
+                                    batches))
     for batch, out in zip(batches, printed):
         assert out == batch
     return [i for out in printed for i in out]
@@ -85,6 +129,7 @@ def run_storm(home, workers, wait_until, name, jobs, rounds, signum):
            jobs_per_s=len(acknowledged) / elapsed,
            round_s="/".join(f"{t:.1f}" for t in round_times), recover=recovered[:60])
     print(f"[torture] {name}: {report.summary()}")
+    assert_mix_held(home, report, acknowledged)
     return report, storm
 
 
