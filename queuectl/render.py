@@ -238,6 +238,14 @@ def prometheus_text(m):
             out.append(f'{name}{{quantile="{labels["quantile"]}"}} {_number(value)}')
         out.append(f"{name}_sum {_number(data['sum'])}")
         out.append(f"{name}_count {data['count']}")
+    queues = m.get("queues") or []
+    metric("queuectl_queue_ready_jobs", "gauge", "Ready pending jobs per queue.",
+           [({"queue": q["queue"]}, q["ready"]) for q in queues])
+    metric("queuectl_queue_oldest_ready_age_seconds", "gauge",
+           "Age of the oldest ready job per queue.",
+           [({"queue": q["queue"]}, q["oldest_ready_age_s"] or 0) for q in queues])
+    metric("queuectl_queue_workers", "gauge", "Live workers serving each queue.",
+           [({"queue": q["queue"]}, q["workers"]) for q in queues])
     workers = m["workers"]
     metric("queuectl_worker_up", "gauge", "1 for a live worker, 0 for a stale one.",
            [(_wlabels(w), 0 if w["stale"] else 1) for w in workers])

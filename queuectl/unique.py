@@ -55,6 +55,14 @@ def owner(spool, key):
     return _read(key_path(spool, key))[0]
 
 
+def live_owner(spool, key):
+    """The id of the pending, failed or processing job holding `key` (None: free or stale)."""
+    holder, _, st = _read(key_path(spool, key))
+    if holder is None or is_stale(spool, holder, st):
+        return None
+    return holder
+
+
 def is_stale(spool, owner_id, st, now=None):
     where = spool.find(owner_id) if owner_id else []
     if any(state in LIVE_STATES for state in where):

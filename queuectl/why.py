@@ -8,7 +8,7 @@ shown in UTC as HH:MM:SS with the distance from now ('in 4m', '12m ago')."""
 import os
 import time
 
-from . import deps
+from . import deps, unique
 from . import job as jobmod
 from .queries import show
 from .render import age
@@ -115,6 +115,11 @@ def _pending_text(home, doc, now):
                     f"{deps.failed_reason(gate.dep)}")
         if gate.status == deps.UNKNOWN:
             return f"pending, will be rejected: {deps.unknown_reason(gate.dep)}"
+    key = doc.get("unique_key")
+    holder = unique.live_owner(home.spool, key) if key is not None else None
+    if holder not in (None, doc["id"]):
+        return (f"pending, will be rejected when a worker takes it: duplicate unique key "
+                f"{key!r}: job {holder} holds it")
     due = jobmod.due_time(doc)
     if due > now:
         return f"scheduled: runs at {_when(due, now)}"
@@ -176,7 +181,8 @@ def explain(home, job_id):
     """{id, state, text, parts}: why the job is where it is. JobNotFound if unknown."""
     info = show(home, job_id)
     now = home.clock()
-    doc, state = info.get("job") or {}, info["state"]
+    doc, state = dict(info.get("job") or {}), info["state"]
+    doc["id"] = info["id"]           # a dropped file may leave its id to the file name
     if state == "rejected":
         parts = [f"rejected: {info.get('last_error')}"]
     elif state == "pending":

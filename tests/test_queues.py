@@ -75,6 +75,9 @@ def test_list_status_and_metrics_per_queue(cli, spool):
     metrics = json.loads(cli("metrics", "--json").stdout)
     assert [(q["queue"], q["ready"], q["workers"]) for q in metrics["queues"]] == \
         [("default", 1, 0), ("gpu", 2, 0), ("io", 1, 0)]
+    prometheus = cli("metrics", "--prometheus").stdout
+    assert 'queuectl_queue_ready_jobs{queue="gpu"} 2\n' in prometheus
+    assert 'queuectl_queue_workers{queue="io"} 0\n' in prometheus
     bad = cli("enqueue", "--queue", "no/slash", '{"command": "true"}')
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: queue must be 1-64 characters")
     bad = cli("worker", "start", "--queue", ",")

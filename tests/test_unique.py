@@ -64,6 +64,8 @@ def test_drop_ins_with_a_taken_key_are_rejected(cli, pool, spool, drop, tmp_path
     drop("copy.json", json.dumps({"command": "true", "unique_key": "report"}))
     drop("fresh.json", json.dumps({"command": f"while [ ! -e {q(release)} ]; do sleep 0.05; "
                                    "done", "unique_key": "weekly"}))
+    assert cli("why", "copy").stdout == ("pending, will be rejected when a worker takes it: "
+                                         "duplicate unique key 'report': job held holds it\n")
     pool.start(2)
     wait_until(lambda: (spool / "rejected" / "copy.json").exists(), timeout=15)
     assert (spool / "rejected" / "copy.json.reason").read_text() == \
