@@ -77,9 +77,14 @@ def dlq_retry(home, ids=None):
     if ids is None:
         ids = [row["id"] for row in home.index.list("dead")]
 
+    brought_back = {}           # dependent id -> the job whose retry brought it back
+
     def action(home, job_id):
+        if job_id in brought_back:
+            return f"moved to pending (attempts reset) with {brought_back[job_id]}"
         _apply(home, job_id, ("dead",), "retried from the DLQ", _revive)
         revived = _revive_dependents(home, job_id)
+        brought_back.update((dependent, job_id) for dependent in revived)
         return "moved to pending (attempts reset)" + \
             (f"; dependents back too: {', '.join(revived)}" if revived else "")
     return for_each(home, ids, action)
