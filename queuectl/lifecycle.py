@@ -253,13 +253,31 @@ def recover(home, job_id, now):
         doc = parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
-    log.warning("recovery: %s had no live worker (worker died)", job_id)
-    history.append(doc, history.from_log(doc, home.spool.output_path(job_id), now))
     try:
+        unrun = _never_ran(home, held, doc, now)
+        if unrun is not None:
+            return unrun
+        log.warning("recovery: %s had no live worker (worker died)", job_id)
+        history.append(doc, history.from_log(doc, home.spool.output_path(job_id), now))
         return fail(home, held, doc, "worker died", None, None, now)
     finally:
         if held.fd >= 0:     # the move failed (a full disk): unlock it for the next try
             home.spool.release(held, unlink=False)
+
+
+def _never_ran(home, held, doc, now):
+    """An orphan whose dependencies were not all completed cannot have run (a job runs only
+    once they are, and completed is final): its worker died between the claim and putting it
+    back or burying it. Finish that move instead of counting an attempt. None otherwise."""
+    if not doc.get("after"):
+        return None
+    from . import deps
+    verdict = deps.gate(home.spool, doc)
+    if verdict.status == deps.FAILED:
+        return bury_unrunnable(home, held, doc, deps.failed_reason(verdict.dep), now)
+    if verdict.status == deps.BLOCKED:
+        return requeue(home, held, doc, now, reason=f"waits for dependency {verdict.dep}")
+    return None
 
 
 def _is_leftover(home, held, state, now):
