@@ -35,6 +35,7 @@ def free_stale_keys(home, now):
     """Unique keys whose job is no longer pending, failed or processing (a crash between
     the job's last move and freeing its key): removed, so the key can be used again."""
     from . import unique
+    unique.remove_old_tmp(home.spool, now)
     freed = []
     for name, holder, key in unique.stale_keys(home.spool, now):
         if unique.remove_stale(home.spool, name, now):

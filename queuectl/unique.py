@@ -11,7 +11,9 @@ job's last move and the unlink, or between taking the key and publishing the job
 taken over under spool/keys/.lock (flock), re-checking under the lock that it is still the
 same stale file. A key younger than STALE_SECONDS whose owner is nowhere is an enqueue in
 progress, never stale. Freeing also takes the lock, so it never removes a key that was just
-taken over by another job. fsck reports and removes stale keys."""
+taken over by another job. Key files are not fsynced: a key lost by a power cut is taken
+again when its job is claimed, and an empty one (its content lost) counts as stale. fsck
+reports stale keys; `queuectl recover` and `fsck --repair` remove them."""
 
 import errno
 import fcntl
@@ -64,7 +66,9 @@ def live_owner(spool, key):
 
 
 def is_stale(spool, owner_id, st, now=None):
-    where = spool.find(owner_id) if owner_id else []
+    if not owner_id:
+        return True     # empty: a power cut lost its unsynced content (written before link)
+    where = spool.find(owner_id)
     if any(state in LIVE_STATES for state in where):
         return False
     if where:
@@ -176,6 +180,25 @@ def stale_keys(spool, now=None):
         if st is not None and is_stale(spool, holder, st, now):
             found.append((name, holder, key))
     return found
+
+
+def remove_old_tmp(spool, now=None):
+    """Delete keys/.tmp-* files a crash left behind (older than STALE_SECONDS)."""
+    now = time.time() if now is None else now
+    try:
+        names = [n for n in os.listdir(keys_dir(spool)) if n.startswith(".tmp-")]
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(keys_dir(spool), name)
+        try:
+            if now - os.lstat(path).st_mtime > STALE_SECONDS:
+                fsops.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def remove_stale(spool, name, now=None):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
-SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output")
+SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output", "keys")
 BAD_DROP = b'{"command": "echo half'          # a drop-in cut off mid-write
 DUPLICATE_DROP = b'{"command": "echo again"}\n'  # a drop-in reusing a finished job's id
 FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
