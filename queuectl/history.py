@@ -13,6 +13,7 @@ gives an empty tail, never an error)."""
 
 import os
 import re
+import signal as signals
 
 from . import job as jobmod
 
@@ -56,7 +57,6 @@ def make_record(number, started_at, finished_at, worker, outcome, exit_code=None
 def from_run(doc, started_at, finished_at, worker_label, result, log_path, log_start,
              cancelled=False):
     """The record of an attempt a worker just ran (before its move is decided)."""
-    import signal as signals
     sig = None
     if result.signal is not None:
         sig = signals.Signals(result.signal).name if result.signal in \

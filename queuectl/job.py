@@ -198,9 +198,25 @@ def loads_object(data):
     return value
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(job):
-    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order."""
-    return (json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order. One field per
+    line and one record per line in lists of objects (the attempt history); nested values
+    are written compactly by json's C encoder (indent=2 would use its slow Python one,
+    which made writing a job with a history several times slower)."""
+    if not job:
+        return b"{}\n"
+    parts = []
+    for key, value in job.items():
+        name = _ENCODE(key)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            records = ",\n".join("    " + _ENCODE(v) for v in value)
+            parts.append(f"  {name}: [\n{records}\n  ]")
+        else:
+            parts.append(f"  {name}: {_ENCODE(value)}")
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
 
 
 def _json_type(value):
