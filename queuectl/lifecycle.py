@@ -5,6 +5,8 @@ Legal moves (MOVES below): publish (-> pending), claim (pending|failed -> proces
 complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive and cancel
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
+admit, under the claim just before a run, sends a job that must never run (a failed or
+vanished dependency, a unique key held by another job) to dead/ or rejected/ instead.
 A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
 instead, so nothing is ever overwritten or lost."""
 
@@ -86,6 +88,29 @@ def claim(home, state, job_id):
     if taken is not None:
         log.debug("claimed %s from %s", job_id, state)
     return taken
+
+
+def admit(home, claim, doc, now):
+    """Under the claim, just before a run: a job whose dependency failed goes to dead/, one
+    whose dependency no longer exists or whose unique key another live job holds goes to
+    rejected/; it never runs. Returns None if the job may run, else the state it went to."""
+    from . import deps, unique
+    if doc.get("after"):
+        verdict = deps.gate(home.spool, doc)
+        if verdict.status == deps.FAILED:
+            return bury_unrunnable(home, claim, doc, deps.failed_reason(verdict.dep),
+                                   now) or "rejected"
+        if verdict.status == deps.UNKNOWN:
+            reject_claimed(home, claim, deps.unknown_reason(verdict.dep), now)
+            return "rejected"
+    key = doc.get("unique_key")
+    if key is not None:
+        holder = unique.acquire(home.spool, key, doc["id"])
+        if holder is not None:
+            reject_claimed(home, claim, f"duplicate unique key {key!r}: job {holder} holds it",
+                           now)
+            return "rejected"
+    return None
 
 
 def mark_running(home, doc):

@@ -14,11 +14,11 @@ import signal
 import time
 
 from . import job as jobmod
-from . import control, deps, history, lifecycle, metrics, recovery, render, runner, unique
-from . import hooks, watcher
+from . import control, history, hooks, lifecycle, metrics, recovery, render, runner, watcher
 from .errors import InvalidJob
 from .ingest import examine, handle_bad, settle_deadline
 from .picker import Picker
+from .setaside import SetAside
 from .spool import NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
@@ -33,10 +33,7 @@ TAKE_FROM = ("pending", "failed")
 class Worker:
     def __init__(self, home, supervisor=None, report_job=None, queues=None):
         self.home = home
-        self.queues = frozenset(queues) if queues else None   # None: every queue
-        self.blocked = {}          # (state, id) -> its `after`/`after_any` (deps not done)
-        self.waiting_on = {}       # dependency id -> {(state, id) blocked on it}
-        self.foreign = set()       # (state, id) of jobs in queues this worker does not serve
+        self.aside = SetAside(home.spool, queues)    # other queues' jobs, blocked jobs
         home.index.set_busy_timeout(INDEX_WAIT_SECONDS)
         self.report_job = report_job     # tells the supervisor our job's process group
         self.clock = home.clock
@@ -82,7 +79,8 @@ class Worker:
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
         if verdict.doc is not None:
-            if self._set_aside(state, stem, verdict.doc):
+            if self.aside.check(state, stem, verdict.doc):
+                self.picker.forget(state, stem)
                 return
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
                             lifecycle._due(verdict.doc))
@@ -91,46 +89,10 @@ class Worker:
         if not handle_bad(self.home, state, name, verdict, now):
             self.unsettled[(state, name)] = settle_deadline(verdict, self.home)
 
-    # ---- jobs this worker must not take yet (dependencies) or at all (other queues) -------
-    def _set_aside(self, state, stem, doc):
-        """True if the job is not for the picker: another queue's, or blocked on a
-        dependency (remembered, and looked at again when that dependency finishes)."""
-        key = (state, stem)
-        self._release_key(key)
-        if self.queues is not None and jobmod.queue_of(doc) not in self.queues:
-            self.picker.forget(state, stem)
-            self.foreign.add(key)
-            return True
-        if doc.get("after"):
-            verdict = deps.gate(self.home.spool, doc)
-            if verdict.status == deps.BLOCKED:
-                self.picker.forget(state, stem)
-                self.blocked[key] = {"after": doc["after"], "after_any": doc.get("after_any")}
-                self.waiting_on.setdefault(verdict.dep, set()).add(key)
-                return True
-        return False
-
-    def _release_key(self, key):
-        self.foreign.discard(key)
-        self.blocked.pop(key, None)
-
     def _unblock(self, dep, now):
         """A dependency finished (our own move): look at the jobs waiting for it now."""
-        for key in self.waiting_on.pop(dep, ()):
-            if key in self.blocked:
-                del self.blocked[key]
-                self.consider(key[0], key[1] + jobmod.JOB_SUFFIX, now)
-
-    def _recheck_blocked(self, state, present, now):
-        """On the rescan: a blocked job whose dependencies moved on is looked at again;
-        one that vanished is forgotten. Costs a few lstat() per blocked job."""
-        for key in [k for k in self.blocked if k[0] == state]:
-            if key[1] not in present:
-                del self.blocked[key]
-            elif deps.gate(self.home.spool, self.blocked[key]).status != deps.BLOCKED:
-                del self.blocked[key]
-                self.consider(state, key[1] + jobmod.JOB_SUFFIX, now)
-        self.foreign = {k for k in self.foreign if k[0] != state or k[1] in present}
+        for state, job_id in self.aside.finished(dep):
+            self.consider(state, job_id + jobmod.JOB_SUFFIX, now)
 
     def full_scan(self, now):
         """Re-list pending/ and failed/: forget what vanished, consider what is new."""
@@ -140,12 +102,13 @@ class Worker:
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
-            self._recheck_blocked(state, present, now)
+            for key in self.aside.rescan(state, present):
+                self.consider(state, key[1] + jobmod.JOB_SUFFIX, now)
             new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker
-                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.blocked
-                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.foreign]
+                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.aside]
+            # Hints carry no queue: a worker of some queues reads the files instead.
             hints = self._index_hints(state) if len(new) > HINT_THRESHOLD and \
-                self.queues is None else {}
+                self.aside.queues is None else {}
             for name in new:
                 stem = name[:-len(jobmod.JOB_SUFFIX)]
                 if stem in hints:
@@ -271,34 +234,13 @@ class Worker:
             lifecycle.reject_claimed(self.home, held, f"duplicate id: {held.job_id!r} is "
                                      f"already in {elsewhere[0]}/", now)
             return True
-        if self._set_aside(held.origin, held.job_id, doc):
+        if self.aside.check(held.origin, held.job_id, doc):
             lifecycle.unclaim(self.home, held)     # blocked, or another queue's: not ours
             return None
-        if not self._admit(held, doc, now):
-            self._unblock(doc["id"], now)
+        if lifecycle.admit(self.home, held, doc, now) is not None:
+            self._unblock(doc["id"], now)          # buried or rejected instead of run
             return True
         self._run(held, doc)
-        return True
-
-    def _admit(self, held, doc, now):
-        """Under the claim: a job whose dependency failed or vanished, or whose unique key
-        another live job holds, never runs (dead/ or rejected/). True if it may run."""
-        if doc.get("after"):
-            verdict = deps.gate(self.home.spool, doc)
-            if verdict.status == deps.FAILED:
-                lifecycle.bury_unrunnable(self.home, held, doc, deps.failed_reason(verdict.dep),
-                                          now)
-                return False
-            if verdict.status == deps.UNKNOWN:
-                lifecycle.reject_claimed(self.home, held, deps.unknown_reason(verdict.dep), now)
-                return False
-        key = doc.get("unique_key")
-        if key is not None:
-            holder = unique.acquire(self.home.spool, key, doc["id"])
-            if holder is not None:
-                lifecycle.reject_claimed(self.home, held, f"duplicate unique key {key!r}: "
-                                         f"job {holder} holds it", now)
-                return False
         return True
 
     def _run(self, held, doc):

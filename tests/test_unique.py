@@ -9,7 +9,7 @@ import time
 
 from queuectl import unique
 from queuectl.spool import Spool
-from workerkit import ids_in, pool, q, read_job, states_of  # noqa: F401
+from workerkit import ids_in, pool, q, states_of  # noqa: F401
 
 
 def test_exactly_one_of_eight_concurrent_enqueuers_wins(spawn_queuectl, spool):
