@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unprivileged demo bench stress clean
+.PHONY: test test-unprivileged demo bench bench-hotpath profile stress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,22 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
+
+# Issue 9's side-by-side table (direct spawn, task-spooler, queuectl), measured in a normal
+# (non-editable) install: a throw-away venv with `pip install .`, removed afterwards.
+# BENCH_ARGS is passed on, e.g. make bench-hotpath BENCH_ARGS="--reps 5 --scratch /dev/shm".
+bench-hotpath:
+	@venv=$$(mktemp -d "$${TMPDIR:-/tmp}/queuectl-hotpath-venv.XXXXXX") && \
+	echo "building a normal install of this tree in $$venv" && \
+	$(PYTHON) -m venv "$$venv" && "$$venv/bin/pip" install --quiet . && \
+	PATH="$$venv/bin:$$PATH" "$$venv/bin/python" bench/run.py --only hotpath $(BENCH_ARGS); \
+	rc=$$?; rm -rf "$$venv"; exit $$rc
+
+# Where one worker's time per `true` job goes (py-spy, in the test extras).
+JOBS ?= 2000
+profile: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/profile_worker.py --jobs $(JOBS) \
+		$(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -87,8 +87,9 @@ class Context:
     """What a benchmark needs: its sizes, a scratch directory, fresh processes to time, homes
     full of jobs shared between benchmarks, and the report."""
 
-    def __init__(self, quick, root, python, queuectl):
+    def __init__(self, quick, root, python, queuectl, reps=None):
         self.quick = quick
+        self.reps = reps             # --reps: overrides a benchmark's own count of reps
         self.root = root
         self.python = python
         self.queuectl = queuectl
@@ -189,14 +190,19 @@ class Context:
         """A figure kept in the JSON summary only (lists, samples, details)."""
         self._current["figures"][key] = {"value": value, "unit": unit, "label": label}
 
-    def ratio(self, key, label, numerator, denominator, limit=None, what=None):
-        """Report numerator/denominator; with `limit`, also a target (ratio <= limit)."""
+    def ratio(self, key, label, numerator, denominator, limit=None, what=None, at_least=None):
+        """Report numerator/denominator; with `limit`, also a target (ratio <= limit), with
+        `at_least` a target the other way (ratio >= at_least)."""
         value = numerator / denominator
         entry = {"value": value, "label": label}
         line = f"  {label:<{LABEL_WIDTH}} {value:8.2f}x"
         if limit is not None:
             entry["target"] = f"<= {limit}x"
             line += f"   target <= {limit}x: {self._verdict(what or label, value <= limit)}"
+        if at_least is not None:
+            entry["target"] = f">= {at_least}x"
+            line += (f"   target >= {at_least}x: "
+                     f"{self._verdict(what or label, value >= at_least)}")
         self._current["ratios"][key] = entry
         print(line, flush=True)
         return value
@@ -204,6 +210,11 @@ class Context:
     def target(self, what, ok, detail):
         """A target met or missed, e.g. target("status under 150 ms", t < 0.15, "97 ms")."""
         print(f"  target {what}: {detail}: {self._verdict(what, ok)}", flush=True)
+
+    def verdict(self, what, ok):
+        """Record a target met or missed without printing it (for benchmarks that print
+        their own table); returns "met" or "MISSED"."""
+        return self._verdict(what, ok)
 
     def _verdict(self, what, ok):
         self.targets.append({"benchmark": self._name, "what": what, "met": bool(ok)})

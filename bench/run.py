@@ -7,6 +7,8 @@ Usage (from the repository root, with the project's venv; `make bench` runs the 
     .venv/bin/python bench/run.py --only enqueue_cli --only batch_enqueue_10k
     .venv/bin/python bench/run.py --only pickup,throughput,memory,metrics_100k,heartbeat_cost \
         --scratch bench/results/scratch-1     # the worker benchmarks (~5 min), scratch on /work
+    .venv/bin/python bench/run.py --only hotpath  # issue 9 side by side (`make bench-hotpath`
+                                                  # runs it in a normal, non-editable install)
     .venv/bin/python bench/run.py --list
 
 Every command is timed as a fresh process (the `queuectl` beside the Python running this
@@ -41,12 +43,13 @@ from datetime import datetime, timezone
 import bench_submit  # noqa: F401  (registers enqueue_cli, batch_enqueue_10k)
 import bench_reads  # noqa: F401  (registers status_list_100k, reindex_100k)
 import bench_workers  # noqa: F401  (pickup, throughput, memory, metrics_100k, heartbeat_cost)
+import bench_hotpath  # noqa: F401  (hotpath: issue 9, side by side with task-spooler)
 from harness import BENCHMARKS, CommandFailed, Context
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
 ORDER = ("enqueue_cli", "status_list_100k", "batch_enqueue_10k", "reindex_100k",
-         "pickup", "throughput", "memory", "metrics_100k", "heartbeat_cost")
+         "pickup", "throughput", "memory", "metrics_100k", "heartbeat_cost", "hotpath")
 
 
 def ordered_benchmarks():
@@ -97,6 +100,9 @@ def parse_args(argv):
                              "default: the system's temporary directory, usually /tmp). "
                              "File creation cost differs a lot between filesystems: say "
                              "where a run was made when comparing runs")
+    parser.add_argument("--reps", type=int, metavar="N",
+                        help="repetitions for the benchmarks that interleave reps (hotpath; "
+                             "default 3, 1 with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--no-save", action="store_true",
                         help="do not write the JSON summary into bench/results/")
@@ -153,7 +159,7 @@ def main(argv=None):
     if args.scratch:
         os.makedirs(args.scratch, exist_ok=True)
     root = os.path.abspath(tempfile.mkdtemp(prefix="queuectl-bench-", dir=args.scratch))
-    ctx = Context(args.quick, root, sys.executable, find_queuectl(args.queuectl))
+    ctx = Context(args.quick, root, sys.executable, find_queuectl(args.queuectl), args.reps)
     meta = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": args.quick, "benchmarks": names, "commit": git_commit(),
             "python": platform.python_version(), "platform": platform.platform(),

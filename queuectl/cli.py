@@ -349,7 +349,7 @@ def dlq_retry(ctx, ids, retry_all, as_json):
 
 @main.group()
 def config():
-    """Show and change settings (stored in data/queue.db).
+    """Show and change settings (stored in data/config.json).
 
     \b
     Examples:
@@ -424,6 +424,9 @@ def reindex(ctx):
     from .ingest import reindex as rebuild
     home = _home(ctx)
     counts = rebuild(home)
+    if home.index.moved_aside:
+        click.echo(f"the index was unusable ({home.index.aside_reason}); set aside: "
+                   f"{', '.join(os.path.basename(p) for p in home.index.moved_aside)}")
     total = sum(counts.values())
     detail = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
     click.echo(f"reindexed {total} jobs from {home.spool_dir}" + (f" ({detail})" if detail else ""))
@@ -602,8 +605,8 @@ def purge(ctx, state, older_than, as_json):
 @click.pass_context
 def fsck(ctx, repair, as_json):
     """Check the spool: unowned files in processing/, ids in two states,
-    stale tmp/ files, files that are not jobs, index rows that disagree
-    with the spool. Exits 1 if anything is wrong (with --repair: if anything
+    stale tmp/ files, files that are not jobs, stale cancel markers, index
+    rows that disagree with the spool. Exits 1 if anything is wrong (with --repair: if anything
     could not be fixed). Safe while workers run.
 
     \b

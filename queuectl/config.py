@@ -1,5 +1,5 @@
-"""Settings: the defaults table, parsing and range checks for every key. Pure: storage is the
-index's job; this module only says what a valid value is.
+"""Settings: the defaults table, parsing and range checks for every key. Pure: storage is
+settings_store's job (data/config.json); this module only says what a valid value is.
 
 Invariant: a Settings object only ever holds values that passed `parse_value`."""
 
@@ -142,9 +142,11 @@ def get_key(name):
 
 
 class Settings:
-    """Every key's effective value; attribute access (settings.max_retries)."""
+    """Every key's effective value; attribute access (settings.max_retries). `note` says why
+    they are not what data/config.json holds (None when they are)."""
 
-    def __init__(self, stored=None):
+    def __init__(self, stored=None, note=None):
+        self.__dict__["note"] = note
         self._stored = {}
         for name, raw in (stored or {}).items():
             if name in KEYS:
@@ -159,6 +161,11 @@ class Settings:
             return self.__dict__["_values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+    @property
+    def stored(self):
+        """The valid values that were stored (not the defaults)."""
+        return dict(self._stored)
 
     def rows(self):
         """(key, value, is_default, help) for every key, sorted."""

@@ -155,18 +155,30 @@ def cancel(home, ids, running=False):
             return f"cancelled (was {state}; now in dead/)"
         if not running:
             raise WrongState(f"job {job_id!r} is running; use --running to kill and cancel it")
-        home.spool.request_cancel(job_id)
+        _cancel_running(home, job_id)
+        where = home.spool.find(job_id)
+        return f"killed and cancelled (now in {where[0] if where else 'no'} state)"
+    return for_each(home, ids, action)
+
+
+def _cancel_running(home, job_id):
+    """Leave a cancel marker for the running attempt and wait until it has left
+    processing/. The marker is removed however this ends (done, given up, Ctrl-C): a request
+    nobody waits for any more must not kill the job later."""
+    if not home.spool.request_cancel(job_id):
+        where = home.spool.find(job_id)
+        raise WrongState(f"job {job_id!r} left processing/ before it could be cancelled "
+                         f"(now {where[0] if where else 'gone'})")
+    try:
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         while "processing" in home.spool.find(job_id):
             if time.monotonic() > deadline:
                 raise WrongState(f"job {job_id!r} is still running after "
                                  f"{CANCEL_WAIT_SECONDS}s; is its worker alive? "
-                                 "(queuectl recover)")
+                                 "(queuectl recover); the cancel request was withdrawn")
             time.sleep(0.05)
+    finally:
         home.spool.clear_cancel(job_id)
-        where = home.spool.find(job_id)
-        return f"killed and cancelled (now in {where[0] if where else 'no'} state)"
-    return for_each(home, ids, action)
 
 
 FINAL_STATES = ("completed", "dead")

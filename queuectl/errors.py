@@ -45,6 +45,10 @@ class Timeout(QueueError):
     exit_code = 124
 
 
+class IndexUnusable(QueueError):
+    """The index cannot be opened or written even after setting the broken files aside."""
+
+
 class DuplicateKey(QueueError):
     """A unique_key already held by a pending, failed or processing job."""
 

@@ -1,9 +1,9 @@
 """fsck: check the spool's invariants the way `postsuper -s` checks Postfix's queue, and with
 repair fix what is safe. Checks: unowned files in processing/ (leftovers and orphans), ids in
 two state directories, stale files in tmp/, files that are not jobs where jobs should be,
-unique keys left behind by a crash (spool/keys/), and index rows that disagree with the
-spool. Repairs go through lifecycle (recover, reject) and
-reindex, so fsck never invents a state change of its own."""
+stale cancel markers, unique keys left behind by a crash (spool/keys/), and index rows that
+disagree with the spool. Repairs go through lifecycle (recover, reject) and reindex, so fsck
+never invents a state change of its own."""
 
 import os
 from dataclasses import dataclass
@@ -122,6 +122,18 @@ def _check_files(home, repair, now, problems):
                 problems.append(problem)
 
 
+def _check_cancel_markers(home, repair, problems):
+    """Cancel markers (processing/.<id>.cancel) that target no running attempt: left by a
+    `cancel --running` that was killed. They can never fire (a marker names its attempt),
+    but they are litter; repair deletes them."""
+    for job_id, why in sorted(home.spool.stale_cancels().items()):
+        problem = Problem("stale-cancel", f"processing/.{job_id}.cancel", why)
+        if repair:
+            home.spool.clear_cancel(job_id)
+            problem.fixed = "deleted"
+        problems.append(problem)
+
+
 def _check_keys(home, repair, now, problems):
     """Unique-key files in spool/keys/ whose job is no longer pending, failed or processing
     (a crash between a job's last move and freeing its key)."""
@@ -161,6 +173,7 @@ def fsck(home, repair=False):
     _check_duplicates(home, repair, now, problems)
     _check_tmp(home, repair, now, problems)
     _check_files(home, repair, now, problems)
+    _check_cancel_markers(home, repair, problems)
     _check_keys(home, repair, now, problems)
     index_problems = []
     _check_index(home, index_problems)

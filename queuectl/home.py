@@ -35,28 +35,38 @@ class Home:
         self.index = Index(os.path.join(self.data_dir, "queue.db"))
         self.spool = Spool(self.spool_dir)
         self._settings = None
+        self._last_good = None       # the last settings read from data/config.json
+        self._logged_note = None
         self._index_paused_until = 0.0
 
     @property
     def settings(self):
+        """The settings from data/config.json (settings_store). If the file cannot be read,
+        the last good settings this process had are kept (defaults if it had none), so a
+        broken file never silently turns a deletion policy back on; `note` says so, and
+        each new note is logged once."""
         if self._settings is None:
-            try:
-                stored = self.index.config()
-            except Exception as exc:     # an unreadable index must not stop the queue
-                log.warning("cannot read config from the index (%s); using defaults", exc)
-                stored = {}
-            self._settings = Settings(stored)
+            self._settings = self._load_settings(self._last_good)
+            if self._settings.note is None:
+                self._last_good = self._settings
+            if self._settings.note != self._logged_note and self._settings.note:
+                log.warning("settings: %s", self._settings.note)
+            self._logged_note = self._settings.note
             self.spool.max_job_bytes = self._settings.max_job_bytes
         return self._settings
 
-    def reload_settings(self):
-        previous = self._settings
-        self._settings = None
+    def _load_settings(self, last_good):
+        from .settings_store import ConfigUnreadable, load, shown_path
         try:
-            return self.settings
-        except Exception:
-            self._settings = previous
-            return previous
+            return load(self)
+        except ConfigUnreadable as exc:
+            kept = last_good.stored if last_good is not None else None
+            what = "kept the last good settings" if kept is not None else "defaults"
+            return Settings(kept, note=f"{what} ({shown_path(self)} unreadable: {exc})")
+
+    def reload_settings(self):
+        self._settings = None
+        return self.settings
 
     def path(self, *parts):
         return os.path.join(self.data_dir, *parts)

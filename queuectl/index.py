@@ -12,21 +12,33 @@ import os
 import sqlite3
 import time
 
+from .job import parse_time
+
 log = logging.getLogger("queuectl")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
                "updated_at", "finished_at", "attempts", "max_retries", "timeout",
                "exit_code", "last_error", "duration_s", "queue")
-# Columns added after version 2, with their definitions (ALTER TABLE on an older index).
-ADDED_COLUMNS = (("queue", "TEXT NOT NULL DEFAULT 'default'"),)
+# What a row is written with: the job's columns plus its version, the epoch of the job's
+# updated_at, which every move rewriting the file advances. An upsert never moves a row
+# to an older version, nor at the same version from processing back to the state the claim
+# took it from (a claim keeps updated_at): a late write (enqueue's "pending" landing after
+# a worker's "completed") is dropped instead of undoing newer state.
+ROW_COLUMNS = (*JOB_COLUMNS, "version")
+NEWER = ("excluded.version > jobs.version OR (excluded.version = jobs.version AND "
+         "(excluded.state = 'processing' OR jobs.state <> 'processing'))")
+# Columns added after schema 2, with their definitions: ALTER TABLE adds the missing ones
+# to an older index (an old row counts as oldest version, in the default queue).
+ADDED_COLUMNS = (("version", "REAL NOT NULL DEFAULT 0"),
+                 ("queue", "TEXT NOT NULL DEFAULT 'default'"))
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, command TEXT, priority INTEGER NOT NULL DEFAULT 0,
   run_at TEXT, due_ts REAL NOT NULL DEFAULT 0, created_at TEXT, updated_at TEXT,
   finished_at TEXT, attempts INTEGER NOT NULL DEFAULT 0, max_retries INTEGER, timeout REAL,
   exit_code INTEGER, last_error TEXT, duration_s REAL,
-  queue TEXT NOT NULL DEFAULT 'default') WITHOUT ROWID;
+  queue TEXT NOT NULL DEFAULT 'default', version REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_take_order ON jobs(state, priority DESC, due_ts, id);
 CREATE INDEX IF NOT EXISTS jobs_recent ON jobs(state, updated_at DESC);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -54,12 +66,19 @@ SCHEMA_BUSY_MS = 2000
 
 
 def job_row(job, state, due_ts):
-    """The index row for a job dict in a state."""
-    values = dict(job, state=state, due_ts=due_ts)
+    """The index row (ROW_COLUMNS) for a job dict in a state."""
+    values = dict(job, state=state, due_ts=due_ts, version=_version(job))
     values.setdefault("priority", 0)
     values.setdefault("attempts", 0)
     values["queue"] = values.get("queue") or "default"
-    return tuple(values.get(name) for name in JOB_COLUMNS)
+    return tuple(values.get(name) for name in ROW_COLUMNS)
+
+
+def _version(job):
+    try:
+        return parse_time(job.get("updated_at"))
+    except (ValueError, OverflowError):
+        return 0.0
 
 
 class Index:
@@ -68,6 +87,8 @@ class Index:
         self._db = None
         self._ino = None
         self.busy_ms = 60000       # how long a statement waits for another writer's lock
+        self.moved_aside = []      # paths this object set aside (reported by reindex)
+        self.aside_reason = None
 
     # ---- connection ---------------------------------------------------------------------
     @property
@@ -108,8 +129,11 @@ class Index:
         return type(exc) is sqlite3.DatabaseError
 
     def replace_corrupt(self, exc):
-        """Set a corrupt database aside and start a new one, keeping whatever config rows
-        can still be read from it."""
+        """Set a broken database (queue.db with its -wal and -shm) aside and start a new
+        one, keeping whatever config rows can still be read from it. For any error but a
+        lock held by another process: a -shm or -wal that SQLite cannot use (deleted under
+        a live connection, a directory in its place) fails with "disk I/O error" or "attempt
+        to write a readonly database", not as corruption."""
         try:
             kept = self.config()
         except sqlite3.Error:
@@ -171,11 +195,15 @@ class Index:
         except FileNotFoundError:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        if any(os.path.lexists(f"{self.path}.corrupt-{stamp}{s}") for s in ("", "-wal", "-shm")):
+            stamp += f"-{os.getpid()}-{os.urandom(2).hex()}"    # never replace an older one
         log.warning("index %s is unusable (%s); moved aside to %s.corrupt-%s and recreated",
                     self.path, reason, self.path, stamp)
+        self.aside_reason = str(reason)
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.rename(self.path + suffix, f"{self.path}.corrupt-{stamp}{suffix}")
+                self.moved_aside.append(f"{self.path}.corrupt-{stamp}{suffix}")
             except FileNotFoundError:
                 pass
 
@@ -189,20 +217,22 @@ class Index:
 
     # ---- jobs ---------------------------------------------------------------------------
     def upsert(self, rows):
-        marks = ",".join("?" * len(JOB_COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:])
-        self.db.executemany(f"INSERT INTO jobs VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET "
-                            f"{updates}", rows)
+        """Insert or update rows (from job_row), never replacing a newer one (NEWER)."""
+        marks = ",".join("?" * len(ROW_COLUMNS))
+        updates = ",".join(f"{c}=excluded.{c}" for c in ROW_COLUMNS[1:])
+        self.db.executemany(f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
+                            f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}", rows)
 
     def insert_new(self, rows):
         """Insert rows for ids not yet indexed; existing rows (fresher) are left alone."""
-        marks = ",".join("?" * len(JOB_COLUMNS))
-        self.db.executemany(f"INSERT OR IGNORE INTO jobs VALUES ({marks})", rows)
+        marks = ",".join("?" * len(ROW_COLUMNS))
+        self.db.executemany(f"INSERT OR IGNORE INTO jobs ({','.join(ROW_COLUMNS)}) "
+                            f"VALUES ({marks})", rows)
 
     def move_if(self, job_id, expected_state, new_row):
         """Replace a row only if it still says expected_state: a fix from a directory scan
         must not undo a worker's newer update made after the scan looked."""
-        marks = ",".join(f"{c}=?" for c in JOB_COLUMNS[1:])
+        marks = ",".join(f"{c}=?" for c in ROW_COLUMNS[1:])
         self.db.execute(f"UPDATE jobs SET {marks} WHERE id=? AND state=?",
                         (*new_row[1:], job_id, expected_state))
 

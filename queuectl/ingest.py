@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from . import job as jobmod
 from . import lifecycle
-from .errors import InvalidJob
+from .errors import IndexUnusable, InvalidJob
 from .index import job_row
-from .spool import REASON_SUFFIX, NotAJobFile, display_name
+from .spool import NotAJobFile, display_name
 
 RACY_SECONDS = 3
 
@@ -146,9 +146,8 @@ def _rejected_row(spool, name):
     """The index row of rejected/<name> from the disk alone: rejected_at is when its reason
     was written (a rename keeps the file's own mtime, the drop time), size the file's."""
     st = spool.lstat("rejected", name)
-    noted = spool.lstat("rejected", name + REASON_SUFFIX) or st
     return (display_name(name), spool.reject_reason(name) or "rejected (no reason recorded)",
-            jobmod.iso(noted.st_mtime if noted else 0), st.st_size if st else None)
+            jobmod.iso(spool.rejected_at(name) or 0), st.st_size if st else None)
 
 
 def _sync_rejected(home):
@@ -182,20 +181,31 @@ def ingest(home, now=None):
 
 
 def reindex(home, now=None):
-    """Rebuild the job part of the index from a full scan of the spool; returns counts. A
-    corrupt index is set aside and rebuilt from scratch (its config kept where readable)."""
+    """Rebuild the job part of the index from a full scan of the spool; returns counts.
+    reindex must always be able to rebuild: an index SQLite cannot use for any reason but
+    another process's lock (corrupt, a deleted or broken -wal or -shm, "disk I/O error") is
+    set aside as queue.db.corrupt-<time>[-wal|-shm] (listed in home.index.moved_aside) and
+    rebuilt from scratch (its config kept where readable). IndexUnusable if even a fresh
+    index cannot be written (data/ read-only or full)."""
     from filelock import FileLock
     now = home.clock() if now is None else now
     home.spool.ensure_layout()
+    index = home.index
     with FileLock(home.path("reindex.lock")):
         try:
             _rebuild(home, now)
         except Exception as exc:
-            if not home.index.is_corrupt(exc):
+            if not index.is_db_error(exc) or index.is_busy(exc):
                 raise
-            home.index.replace_corrupt(exc)
-            _rebuild(home, now)
-    return home.index.counts()
+            index.replace_corrupt(exc)
+            try:
+                _rebuild(home, now)
+            except Exception as again:
+                if not index.is_db_error(again) or index.is_busy(again):
+                    raise
+                raise IndexUnusable(f"cannot rebuild the index {index.path}: {again} (is "
+                                    f"{home.data_dir} writable and not full?)") from None
+    return index.counts()
 
 
 def _rebuild(home, now):

@@ -29,6 +29,7 @@ from .worker import run_worker
 log = logging.getLogger("queuectl")
 YOUNG_DEATH_SECONDS = 5
 MAX_RESTART_DELAY = 30
+KILL_GRACE_SECONDS = 15     # `worker stop`: from SIGUSR1 to SIGKILL for what is left
 
 
 def _records_dir(home):
@@ -47,6 +48,7 @@ class Supervisor:
         self.supervisor_id = f"{runner.HOSTNAME}-{self.pid}"
         self.record_path = os.path.join(_records_dir(home), self.supervisor_id + ".json")
         self.children = {}          # pid -> fork time
+        self.child_starts = {}      # pid -> process start time (psutil), for `worker stop`
         self.job_groups = {}        # worker pid -> its running job's process group
         self.report_r, self.report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Signals wake the main loop through this pipe: time.sleep is resumed after a signal
@@ -70,6 +72,9 @@ class Supervisor:
         record = {"host": runner.HOSTNAME, "pid": self.pid, "started_at": self.started_at,
                   "count": self.count, "workers": sorted(self.children),
                   "queues": self.queues,
+                  # A pid alone may be reused by the time `worker stop` signals it.
+                  "worker_started_at": {str(pid): self.child_starts.get(pid)
+                                        for pid in sorted(self.children)},
                   "home": self.home.home}
         tmp = f"{self.record_path}.{self.pid}.tmp"
         with open(tmp, "w") as f:
@@ -100,6 +105,7 @@ class Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = time.monotonic()
+        self.child_starts[pid] = runner.process_started(pid)
         log.info("supervisor %s started worker %d", self.supervisor_id, pid)
         return pid
 
@@ -183,6 +189,7 @@ class Supervisor:
             if pid == 0:
                 return
             born = self.children.pop(pid, None)
+            self.child_starts.pop(pid, None)
             if born is None:
                 continue                   # an adopted orphan, now reaped
             self._read_reports()
@@ -266,6 +273,27 @@ def _signal(pid, signum):
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _signal_same(host, pid, started_at, signum):
+    """Signal pid only if it is still the process the record names (host + pid + start
+    time, checked just before): a pid reused by another process is never signalled."""
+    if runner.is_same_process(host, pid, started_at):
+        _signal(pid, signum)
+        return True
+    return False
+
+
+def _targets(record, with_workers):
+    """(pid, start time) of a supervisor record's process, and with_workers also of its
+    workers. A worker whose start time was not recorded (a record written by an older
+    version) cannot be told from a reused pid, so it is left out."""
+    targets = [(record["pid"], record.get("started_at"))]
+    if with_workers:
+        starts = record.get("worker_started_at") or {}
+        targets += [(pid, starts[str(pid)]) for pid in record.get("workers") or []
+                    if starts.get(str(pid)) is not None]
+    return targets
 
 
 # Signals that stop or kill a worker from outside (an operator, `worker stop`, the OOM
@@ -374,12 +402,12 @@ def stop(home, timeout, queue=None):
             report.append(f"removed stale record of supervisor {record['pid']} (not running)")
         else:
             _write_stop_timeout(record["path"], timeout)
-            _signal(record["pid"], signal.SIGTERM)
+            _signal_same(record["host"], record["pid"], record.get("started_at"), signal.SIGTERM)
             live.append(record)
     if not live:
         return report + ["no workers were running" if queue is None else
                          f"no workers of queue {queue!r} were running"]
-    escalations = [(timeout, signal.SIGUSR1), (timeout + 15, signal.SIGKILL)]
+    escalations = [(timeout, signal.SIGUSR1), (timeout + KILL_GRACE_SECONDS, signal.SIGKILL)]
     started = time.monotonic()
     while True:
         running = [r for r in live if runner.is_same_process(r["host"], r["pid"], r["started_at"])]
@@ -389,10 +417,8 @@ def stop(home, timeout, queue=None):
         while escalations and elapsed >= escalations[0][0]:
             _, signum = escalations.pop(0)
             for record in running:
-                targets = [record["pid"]] + (record.get("workers") or []) \
-                    if signum == signal.SIGKILL else [record["pid"]]
-                for pid in targets:
-                    _signal(pid, signum)
+                for pid, started_at in _targets(record, signum == signal.SIGKILL):
+                    _signal_same(record["host"], pid, started_at, signum)
         time.sleep(0.05)
     for record in live:
         for path in (record["path"], _stop_path(record["path"])):

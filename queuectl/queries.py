@@ -49,6 +49,8 @@ def status(home, workers=()):
         "ready": ready, "scheduled": scheduled,
         "oldest_ready_age_s": round(now - oldest_due, 3) if oldest_due is not None else None,
         "paused": home.spool.is_paused(),
+        # Why the settings in force are not data/config.json's (None when they are).
+        "settings_note": home.settings.note,
         "workers": workers,
         "queues": summary(home, workers, now),
     }

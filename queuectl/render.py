@@ -75,6 +75,8 @@ def status_text(report):
         lines.append(f"spool: {report['spool']}  data: {report['data']}")
     if report.get("paused"):
         lines.append("PAUSED: workers are not claiming jobs (queuectl resume)")
+    if report.get("settings_note"):
+        lines.append(f"settings: {report['settings_note']}")
     oldest = report["oldest_ready_age_s"]
     detail = {"pending": f"ready {report['ready']}, scheduled {report['scheduled']}"
                          + (f", oldest ready {age(oldest)}" if oldest is not None else "")}

@@ -25,6 +25,7 @@ JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
 PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
 ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
 REASON_SUFFIX = ".reason"
+CANCEL_PREFIX, CANCEL_SUFFIX = ".", ".cancel"
 PAUSE_FILE = "PAUSED"
 _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to import)
 
@@ -55,6 +56,13 @@ def display_name(name):
 
 def job_name(job_id):
     return job_id + JOB_SUFFIX
+
+
+def attempt_mark(data):
+    """Names one attempt of a job: a digest of the job file as claimed for it. Every attempt
+    is claimed from a file rewritten since the last one (attempts and updated_at change)."""
+    import hashlib
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 def is_candidate(name):
@@ -110,30 +118,85 @@ class Spool:
             _unlink_quietly(path)
 
     def _cancel_marker(self, job_id):
-        return os.path.join(self.dir("processing"), f".{job_id}.cancel")
+        return os.path.join(self.dir("processing"), CANCEL_PREFIX + job_id + CANCEL_SUFFIX)
 
     def request_cancel(self, job_id):
-        """Ask whichever worker runs job_id to kill it and bury it as cancelled. A dot-file
-        in processing/, never taken for a job."""
-        fd = os.open(self._cancel_marker(job_id),
-                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        """Ask the worker running job_id's current attempt to kill it and bury it as
+        cancelled: processing/.<id>.cancel (a dot-file, never taken for a job) naming that
+        attempt by attempt_mark of its file. A marker left behind (its writer was killed)
+        never matches a later attempt, whose claim is of a rewritten file. Returns False if
+        the job is not in processing/ (any more)."""
+        try:
+            data, _ = self.read("processing", job_name(job_id))
+        except NotAJobFile:
+            return False
+        self.write_private("processing", CANCEL_PREFIX + job_id + CANCEL_SUFFIX,
+                           attempt_mark(data).encode() + b"\n")
+        return True
 
-    def cancel_requested(self, job_id):
-        return os.path.lexists(self._cancel_marker(job_id))
+    def cancel_requested(self, job_id, claimed_data):
+        """True if a cancel marker targets the attempt claimed with these bytes."""
+        return self._cancel_target(job_id) == attempt_mark(claimed_data)
+
+    def _cancel_target(self, job_id):
+        """The attempt mark a cancel marker names; None without one, "" if unreadable."""
+        try:
+            fd = os.open(self._cancel_marker(job_id),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return ""
+        try:
+            return os.read(fd, 256).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def stale_cancels(self):
+        """{job id: why} for cancel markers that target no running attempt: the job left
+        processing/, or it runs another attempt than the one the marker names."""
+        try:
+            names = os.listdir(self.dir("processing"))
+        except FileNotFoundError:
+            return {}
+        stale = {}
+        for name in names:
+            if not (name.startswith(CANCEL_PREFIX) and name.endswith(CANCEL_SUFFIX)):
+                continue
+            job_id = name[len(CANCEL_PREFIX):-len(CANCEL_SUFFIX)]
+            try:
+                data, _ = self.read("processing", job_name(job_id))
+            except NotAJobFile:
+                stale[job_id] = "the job is not in processing/"
+                continue
+            if self._cancel_target(job_id) != attempt_mark(data):
+                stale[job_id] = "it names an earlier attempt than the one running"
+        return stale
 
     def clear_cancel(self, job_id):
         _unlink_quietly(self._cancel_marker(job_id))
 
     def files_older_than(self, state, cutoff):
-        """Names in a state directory (or rejected/) last changed before `cutoff`."""
-        names = self.rejected_names() if state == "rejected" else self.names(state)
+        """Names in a state directory last changed before `cutoff`; in rejected/, names
+        rejected before it (see rejected_at)."""
+        if state == "rejected":
+            return [name for name in self.rejected_names()
+                    if (self.rejected_at(name) or cutoff) < cutoff]
         old = []
-        for name in names:
+        for name in self.names(state):
             st = self.lstat(state, name)
             if st is not None and st.st_mtime < cutoff:
                 old.append(name)
         return old
+
+    def rejected_at(self, name):
+        """When rejected/<name> was rejected: its reason file's mtime (written at the
+        rejection). The file itself keeps the bytes and the mtime it was dropped with, so
+        its own mtime (the fallback when the reason is missing) is the drop time."""
+        st = self.lstat("rejected", name + REASON_SUFFIX) or self.lstat("rejected", name)
+        return st.st_mtime if st is not None else None
 
     def purge(self, state, name):
         """Delete a job file, its output log, and (for rejected/) its reason file. A
@@ -166,6 +229,17 @@ class Spool:
             return [name for name in os.listdir(self.dir(state)) if is_candidate(name)]
         except FileNotFoundError:
             return []
+
+    def holds_jobs(self):
+        """True if any state directory holds a job file (stops at the first one found)."""
+        for state in JOB_STATES:
+            try:
+                with os.scandir(self.dir(state)) as entries:
+                    if any(is_candidate(entry.name) for entry in entries):
+                        return True
+            except OSError:
+                continue
+        return False
 
     def find(self, job_id):
         """The job states holding <id>.json right now (normally one; two after a crash).

@@ -248,6 +248,7 @@ class Worker:
         attempt = doc.get("attempts", 0) + 1
         started = time.time()
         self.current = doc["id"]
+        self.current_claim = held
         lifecycle.mark_running(home, doc)
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
@@ -322,7 +323,7 @@ class Worker:
                 running.stopped = True
                 running.kill_group()
                 return
-            if self.home.spool.cancel_requested(self.current):
+            if self.home.spool.cancel_requested(self.current, self.current_claim.data):
                 running.cancelled = True
                 running.kill_group()
                 return

@@ -5,9 +5,11 @@ retry now, wait and its exit codes, purge by hand and by the workers' retention,
 
 import json
 import os
+import signal
 import time
 
 from controlkit import iso_ago, metrics, pgid_members, report, stays
+from queuectl import job as jobmod
 from workerkit import ids_in, pool, q, read_job, states_of  # noqa: F401
 
 POLL_INTERVAL = 1          # config worker_poll_interval's default
@@ -145,6 +147,79 @@ def test_cancel_running_job_needs_running_and_kills_its_group(pool, wait_until, 
     assert states_of(spool, "next") == ["completed"]
 
 
+def _claim_as_a_stuck_worker(home, job_id):
+    """Hold job_id in processing/ under our flock, as a worker that no longer reacts would
+    (the cancel marker is then never acted on). Returns (Home, claim)."""
+    from queuectl import lifecycle
+    from queuectl.home import Home
+    h = Home(str(home))
+    held = lifecycle.claim(h, "pending", job_id)
+    assert held is not None
+    return h, held
+
+
+def test_cancel_withdraws_its_marker_when_it_gives_up_or_is_interrupted(pool, spawn_queuectl,
+                                                                       wait_until,
+                                                                       monkeypatch):
+    """Issue 8, bug 10: `cancel --running` that gives up (the worker does not react) or is
+    interrupted with Ctrl-C must not leave its request behind to kill the job later."""
+    from queuectl import control
+    pool.enqueue({"id": "stuck", "command": "true"})
+    h, held = _claim_as_a_stuck_worker(pool.home, "stuck")
+    marker = pool.spool / "processing" / ".stuck.cancel"
+    try:
+        monkeypatch.setattr(control, "CANCEL_WAIT_SECONDS", 0.3)
+        [outcome] = control.cancel(h, ["stuck"], running=True)
+        assert not outcome.ok and "is still running after 0.3s" in outcome.message
+        assert not marker.exists()
+
+        interrupted = spawn_queuectl("cancel", "--running", "stuck")
+        wait_until(marker.exists, timeout=10, message="the cancel marker")
+        interrupted.send_signal(signal.SIGINT)
+        interrupted.communicate(timeout=10)
+        assert not marker.exists()
+        assert states_of(pool.spool, "stuck") == ["processing"]
+    finally:
+        h.spool.release(held, unlink=False)
+        h.close()
+
+
+def test_a_marker_left_by_a_killed_cancel_never_kills_a_later_attempt(pool, spawn_queuectl,
+                                                                    wait_until):
+    """Issue 8, bug 10: a `cancel --running` SIGKILLed while waiting leaves its marker. The
+    attempt it targeted ends otherwise (here: its worker died); the next attempt runs to
+    completion, and fsck reports the marker and --repair deletes it."""
+    pool.enqueue({"id": "later", "command": "sleep 0.5"})
+    h, held = _claim_as_a_stuck_worker(pool.home, "later")
+    marker = pool.spool / "processing" / ".later.cancel"
+    try:
+        killed = spawn_queuectl("cancel", "--running", "later")
+        wait_until(marker.exists, timeout=10, message="the cancel marker")
+        killed.kill()
+        killed.communicate(timeout=10)
+    finally:
+        h.spool.release(held, unlink=False)      # the stuck worker is gone: an orphan
+        h.close()
+    assert marker.exists()
+    assert pool.cli("recover").exit_code == 0            # attempt 1: worker died
+    assert states_of(pool.spool, "later") == ["failed"]
+    assert pool.cli("retry", "later").exit_code == 0
+    pool.start(1)
+    wait_until(lambda: states_of(pool.spool, "later") in (["completed"], ["dead"]), timeout=20)
+    job = read_job(pool.spool, "later", states_of(pool.spool, "later")[0])
+    assert (states_of(pool.spool, "later"), job["attempts"], job.get("last_error")) == \
+        (["completed"], 2, None)
+    found = pool.cli("fsck", "--json")
+    assert found.exit_code == 1
+    assert json.loads(found.stdout) == [{
+        "kind": "stale-cancel", "where": "processing/.later.cancel",
+        "detail": "the job is not in processing/", "fixed": None}]
+    repaired = pool.cli("fsck", "--repair")
+    assert repaired.exit_code == 0 and "stale-cancel" in repaired.stdout
+    assert not marker.exists()
+    assert pool.cli("fsck").exit_code == 0
+
+
 # ---- retry ------------------------------------------------------------------------------------
 
 def test_retry_runs_a_failed_job_now(pool, wait_until):
@@ -264,12 +339,30 @@ def test_purge_rejected_removes_the_reason_file_too(cli, drop, spool, age_file):
     assert sorted(os.listdir(spool / "rejected")) == ["junk.json", "junk.json.reason"]
     kept = cli("purge", "--state", "rejected", "--older-than", "1h")
     assert (kept.exit_code, kept.stdout) == (0, "purged 0 rejected jobs older than 1h\n")
-    age_file(spool / "rejected" / "junk.json", 7200)
+    age_file(spool / "rejected" / "junk.json.reason", 7200)     # rejected two hours ago
     purged = cli("purge", "--state", "rejected", "--older-than", "1h")
     assert (purged.exit_code, purged.stdout) == (0, "purged 1 rejected job older than 1h\n")
     assert os.listdir(spool / "rejected") == []
     assert json.loads(cli("list", "--state", "rejected", "--json").stdout) == []
     assert report(cli, "status")["rejected"] == 0
+
+
+def test_purge_rejected_ages_files_by_their_rejection_not_their_drop(cli, drop, spool,
+                                                                     age_file):
+    """Issue 8, bug 8: a file dropped (or copied with cp -p) long ago and rejected just now
+    keeps its old mtime in rejected/; it is as old as its rejection, not as its bytes."""
+    drop("old.json", "not json either", age=30 * 86400)
+    assert cli("list").exit_code == 0            # rejected now
+    assert (spool / "rejected" / "old.json").stat().st_mtime < time.time() - 29 * 86400
+    kept = cli("purge", "--state", "rejected", "--older-than", "7d")
+    assert (kept.exit_code, kept.stdout) == (0, "purged 0 rejected jobs older than 7d\n")
+    assert sorted(os.listdir(spool / "rejected")) == ["old.json", "old.json.reason"]
+    row = json.loads(cli("list", "--state", "rejected", "--json").stdout)[0]
+    assert time.time() - jobmod.parse_time(row["updated_at"]) < 60
+    age_file(spool / "rejected" / "old.json.reason", 8 * 86400)
+    purged = cli("purge", "--state", "rejected", "--older-than", "7d")
+    assert (purged.exit_code, purged.stdout) == (0, "purged 1 rejected job older than 7d\n")
+    assert os.listdir(spool / "rejected") == []
 
 
 def test_purge_usage_errors_exit_2(cli):

@@ -107,6 +107,56 @@ def test_move_if_and_delete_if_are_compare_and_set(index):
     assert index.get("a") is None
 
 
+def test_an_upsert_never_moves_a_row_backwards(index):
+    index.upsert([row("a", "pending", updated=T0)])
+    index.upsert([row("a", "processing", updated=T0)])     # a claim keeps updated_at
+    index.upsert([row("a", "pending", updated=T0)])        # late: same version, older state
+    assert index.get("a")["state"] == "processing"
+    index.upsert([row("a", "completed", updated=T0 + 5)])
+    for late in (row("a", "processing", updated=T0), row("a", "pending", updated=T0)):
+        index.upsert([late])
+    assert index.get("a")["state"] == "completed"
+    index.upsert([row("a", "pending", updated=T0 + 9)])   # a newer move (dlq retry) wins
+    assert index.get("a")["state"] == "pending"
+
+
+def test_a_late_enqueue_write_does_not_undo_a_worker_s_completion(home, run_queuectl):
+    """Issue 8, bug 9, with the order forced: we hold the index's write lock while
+    `queuectl enqueue` (another process) publishes a job and then waits for the lock to
+    write its "pending" row; meanwhile a worker (this process, on the connection holding
+    the lock) claims, completes and indexes the job. Enqueue's row lands last: it must not
+    turn the completed job back into a pending one."""
+    import subprocess
+    import time
+    from conftest import QUEUECTL, queuectl_env
+    from queuectl import lifecycle
+    from queuectl.home import Home
+    from queuectl.runner import Result
+    h = Home(str(home))
+    h.spool.ensure_layout()
+    h.index.counts()                       # the schema exists before we lock
+    pending = home / "spool" / "pending" / "late.json"
+    with h.index.transaction():            # BEGIN IMMEDIATE: we hold the write lock
+        enqueue = subprocess.Popen([QUEUECTL, "enqueue", '{"id": "late", "command": "true"}'],
+                                   env=queuectl_env(home), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not pending.exists():
+            assert time.monotonic() < deadline and enqueue.poll() is None, \
+                enqueue.communicate()
+            time.sleep(0.01)
+        held = lifecycle.claim(h, "pending", "late")
+        doc = lifecycle.parse_claimed(h, held, h.clock())
+        lifecycle.complete(h, held, doc, Result(exit_code=0, duration_s=0.01), h.clock())
+        assert h.index.get("late")["state"] == "completed"
+        assert enqueue.poll() is None      # still waiting for the lock
+    out, err = enqueue.communicate(timeout=60)
+    assert (enqueue.returncode, out, err) == (0, "late\n", "")
+    assert os.listdir(home / "spool" / "completed") == ["late.json"]
+    assert h.index.get("late")["state"] == "completed"
+    h.close()
+
+
 def test_ready_summary_splits_ready_and_scheduled(index):
     index.upsert([row("r1", created=T0 - 30), row("r2", created=T0 - 10),
                   row("s1", created=T0 - 50, run_at=T0 + 60), row("x", "dead")])

@@ -9,6 +9,7 @@ import pytest
 
 from queuectl import job as jobmod
 from queuectl.home import Home
+from queuectl.index import job_row
 from queuectl.ingest import ingest, reindex
 from queuectl.queries import list_jobs, status
 from queuectl.settings_store import set_value
@@ -188,3 +189,49 @@ def test_deleting_data_loses_no_job(h, home):
     reindex(queue)
     assert list_jobs(queue) == before
     queue.close()
+
+
+@pytest.mark.parametrize("broken", ["shm_is_a_directory", "wal_deleted_under_a_writer"])
+def test_reindex_always_rebuilds_setting_broken_index_files_aside(home, run_queuectl, broken):
+    """Issue 8, bug 12: `reindex` is what every index error message recommends, so it must
+    rebuild whatever state queue.db, -wal and -shm are in (a lock held by another process
+    aside): the broken files are set aside with a timestamp, named in the output, and a
+    fresh index is built from the spool."""
+    ids = [f"j{n}" for n in range(5)]
+    lines = "".join(f'{{"id": "{job_id}", "command": "true"}}\n' for job_id in ids)
+    assert run_queuectl("enqueue", "-", input=lines).exit_code == 0
+    data = home / "data"
+    writer = None
+    if broken == "shm_is_a_directory":
+        # SQLite then opens the database read-only: "attempt to write a readonly database"
+        # at the rebuild's first write (after the open succeeded).
+        for suffix in ("-wal", "-shm"):
+            if (data / f"queue.db{suffix}").exists():
+                os.unlink(data / f"queue.db{suffix}")
+        os.mkdir(data / "queue.db-shm")
+    else:
+        # A live connection with frames in the WAL, then the WAL deleted under it.
+        writer = Home(str(home))
+        writer.index.db.execute("PRAGMA wal_autocheckpoint=0")
+        with writer.index.transaction():
+            writer.index.upsert([job_row({"id": f"x{n}", "command": "y" * 200},
+                                         "completed", 0) for n in range(2000)])
+        os.unlink(data / "queue.db-wal")
+    try:
+        ran = run_queuectl("reindex")
+    finally:
+        if writer is not None:
+            writer.close()
+    assert (ran.exit_code, ran.stderr) == (0, "")
+    lines = ran.stdout.splitlines()
+    assert lines[-1] == f"reindexed 5 jobs from {home / 'spool'} (pending 5)"
+    if broken == "shm_is_a_directory":
+        aside = sorted(p.name for p in data.iterdir() if ".corrupt-" in p.name)
+        assert len(aside) >= 2 and any(n.endswith("-shm") for n in aside), aside
+        assert lines[0].startswith("the index was unusable (")
+        assert all(name in lines[0] for name in aside), (lines[0], aside)
+    assert os.path.isfile(data / "queue.db") and not os.path.isdir(data / "queue.db-shm")
+    queue = fresh(home)
+    assert sorted(row["id"] for row in list_jobs(queue)) == ids
+    queue.close()
+    assert run_queuectl("status").exit_code == 0

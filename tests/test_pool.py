@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -29,13 +30,14 @@ def supervisor_records(home):
         return []
 
 
-def write_record(home, pid, started_at, workers=()):
+def write_record(home, pid, started_at, workers=(), worker_started_at=None):
     """A supervisor record as `worker start` writes it."""
     folder = home / "data" / "supervisors"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{HOST}-{pid}.json").write_text(json.dumps(
         {"host": HOST, "pid": pid, "started_at": started_at, "count": len(workers) or 1,
-         "workers": list(workers), "home": str(home)}))
+         "workers": list(workers), "worker_started_at": worker_started_at or {},
+         "home": str(home)}))
 
 
 def started(ran):
@@ -127,7 +129,11 @@ def test_stop_removes_stale_records_and_signals_nobody_it_does_not_own(pool, hom
             stranger.wait(timeout=0.3)                # it was not signalled
 
         # The same next to a live supervisor: it is stopped, the stale record removed.
-        live_sup, _ = started(pool.start(1))
+        live_sup, live_workers = started(pool.start(1))
+        record = json.loads((home / "data" / "supervisors" / f"{HOST}-{live_sup}.json")
+                            .read_text())
+        assert record["worker_started_at"] == {
+            str(pid): psutil.Process(pid).create_time() for pid in live_workers}
         write_record(home, stranger.pid, created + 7200, workers=[stranger.pid])
         stopped = pool.stop()
         assert sorted(stopped.stdout.splitlines()) == sorted([
@@ -139,6 +145,47 @@ def test_stop_removes_stale_records_and_signals_nobody_it_does_not_own(pool, hom
     finally:
         stranger.kill()
         stranger.wait()
+
+
+STUBBORN = ("import signal, time\n"
+            "for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):\n"
+            "    signal.signal(s, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+
+
+def test_stop_never_sigkills_a_reused_worker_pid(home, monkeypatch):
+    """Issue 8, bug 11: `worker stop` escalates to SIGKILL for a supervisor that ignores the
+    graceful signals, and for its workers. A worker pid in the record that now belongs to
+    another process (its start time differs) must not be signalled; the real worker (same
+    pid and start time) is killed."""
+    from queuectl import pool as poolmod
+    from queuectl.home import Home
+    supervisor = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE,
+                                  text=True)
+    worker = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE,
+                              text=True)
+    stranger = subprocess.Popen(["sleep", "120"])   # took over a dead worker's pid
+    try:
+        for proc in (supervisor, worker):
+            assert proc.stdout.readline() == "ready\n"
+        start = {p.pid: psutil.Process(p.pid).create_time() for p in (supervisor, worker,
+                                                                         stranger)}
+        write_record(home, supervisor.pid, start[supervisor.pid],
+                     workers=[worker.pid, stranger.pid],
+                     worker_started_at={str(worker.pid): start[worker.pid],
+                                        str(stranger.pid): start[stranger.pid] - 3600})
+        monkeypatch.setattr(poolmod, "KILL_GRACE_SECONDS", 0.5, raising=False)
+        report = poolmod.stop(Home(str(home)), 0)
+        assert report == [f"stopped supervisor {supervisor.pid} and its 2 workers"]
+        assert supervisor.wait(timeout=10) == -signal.SIGKILL
+        assert worker.wait(timeout=10) == -signal.SIGKILL
+        with pytest.raises(subprocess.TimeoutExpired):
+            stranger.wait(timeout=0.3)                # never signalled
+    finally:
+        for proc in (supervisor, worker, stranger):
+            proc.kill()
+            proc.wait()
 
 
 def test_stop_does_not_wait_forever_for_a_supervisor_that_is_a_zombie(pool, home, wait_until):
