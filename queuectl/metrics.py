@@ -6,7 +6,8 @@ Stable JSON keys (documented in docs/operations.md): home, generated_at, paused,
 rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, failed (every failed
 attempt, including those a recovery counted), dead (jobs that exhausted their retries),
 requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
-run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s."""
+run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s, queues[...] (per queue:
+backlog, oldest ready, workers serving it; see queues.summary)."""
 
 import time
 
