@@ -140,8 +140,8 @@ def history_text(doc):
                          "", ""])
         rows.append([record.get("attempt"), record.get("started_at"),
                      _fmt(record.get("duration_s"), "s"), record.get("worker"),
-                     record.get("outcome") + (f" ({record['signal']})" if record.get("signal")
-                                              else ""),
+                     str(record.get("outcome") or "-") +
+                     (f" ({record['signal']})" if record.get("signal") else ""),
                      record.get("exit_code"), record.get("next") or ""])
     return "history:\n" + table(["#", "STARTED", "TOOK", "WORKER", "OUTCOME", "EXIT", "NEXT"],
                                  rows)

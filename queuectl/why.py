@@ -40,6 +40,8 @@ def _workers(home):
 
 def _line_tail(record):
     tail = (record or {}).get("output_tail") or ""
+    if not isinstance(tail, str):      # a dropped file may carry any history
+        return ""
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
 
@@ -137,11 +139,11 @@ def _failed_text(doc, now):
 def _dead_text(doc):
     last = (doc.get("history") or [{}])[-1]
     error = doc.get("last_error") or ""
+    note = last.get("next") if isinstance(last.get("next"), str) else ""
     if error == "cancelled" or error.startswith("dependency "):
         reason = error
-    elif (last.get("next") or "").startswith("dead: ") and \
-            last.get("next") != "dead: retries exhausted":
-        reason = last["next"][len("dead: "):]
+    elif note.startswith("dead: ") and note != "dead: retries exhausted":
+        reason = note[len("dead: "):]
     else:
         reason = (f"retries exhausted after {_plural(doc.get('attempts', 0), 'attempt')}, "
                   f"last error: {_last_error(doc)}")
