@@ -7,8 +7,9 @@ QUEUECTL_EXIT_CODE (empty when there is none), QUEUECTL_LAST_ERROR and QUEUECTL_
 environment and its output appended to data/logs/hooks.log. It never affects the job (which
 has already moved): a hook that cannot start or exits non-zero is logged; one still running
 after `hook_timeout` seconds has its group SIGKILLed and is logged. Workers check their hooks
-at every heartbeat; a short-lived process (cancel, recover) waits for its hooks before it
-exits (`drain`)."""
+at every heartbeat and wait for them when they stop; a short-lived process (cancel, recover)
+waits for its hooks before it exits (`drain`). At most once: a crash between the job's move
+and the hook's start skips the hook (nothing records that it is owed)."""
 
 import logging
 import os
