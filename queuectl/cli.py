@@ -771,6 +771,8 @@ def recover(ctx, as_json):
         click.echo("\n".join(f"{d['id']}: {d['result']}" for d in done))
     else:
         click.echo("nothing to recover")
+    if any(d["state"] == "error" for d in done):
+        sys.exit(1)
 
 
 if __name__ == "__main__":   # pragma: no cover

@@ -7,34 +7,48 @@ Invariant: a Settings object only ever holds values that passed `parse_value`.""
 from .errors import InvalidConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Upper bounds: every value must be one the code can represent. A duration is at most 100
+# years, so now + delay is always a valid time (backoff_max 1e12 once raised "year 33715 is
+# out of range" in every failure, and recovery never got past it).
+MAX_SECONDS = 100 * 365 * 86400
 
 
 class Key:
     """One setting: its default, kind (int, number, choice, optional_number,
     optional_path), lower bound and meaning. A plain class, not a dataclass: building
     dataclasses costs every `queuectl enqueue` a millisecond at import."""
-    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help")
+    __slots__ = ("name", "default", "kind", "minimum", "exclusive_min", "help", "maximum")
 
-    def __init__(self, name, default, kind, minimum=None, exclusive_min=False, help=""):
+    def __init__(self, name, default, kind, minimum=None, exclusive_min=False, help="",
+                 maximum=None):
         self.name, self.default, self.kind = name, default, kind
         self.minimum, self.exclusive_min, self.help = minimum, exclusive_min, help
+        self.maximum = maximum
 
 
 KEYS = {k.name: k for k in (
-    Key("max_retries", 3, "int", 0, help="retries after the first attempt before the DLQ"),
-    Key("backoff_base", 2, "number", 1, help="retry delay = backoff_base ** attempts seconds"),
-    Key("backoff_max", 3600, "number", 0, help="cap on the retry delay, seconds"),
+    Key("max_retries", 3, "int", 0, help="retries after the first attempt before the DLQ",
+        maximum=1000),
+    Key("backoff_base", 2, "number", 1, help="retry delay = backoff_base ** attempts seconds",
+        maximum=1000),
+    Key("backoff_max", 3600, "number", 0, help="cap on the retry delay, seconds",
+        maximum=MAX_SECONDS),
     Key("log_level", "INFO", "choice", help="one of " + ", ".join(LOG_LEVELS)),
     Key("worker_poll_interval", 1, "number", 0, True,
-        help="safety-net rescan of the spool, seconds (pickup itself is inotify)"),
+        help="safety-net rescan of the spool, seconds (pickup itself is inotify)",
+        maximum=86400),
     Key("job_timeout", None, "optional_number", 0, True,
-        help="default per-job time limit in seconds, or none"),
-    Key("shutdown_timeout", 30, "number", 0, help="how long a stopping worker lets a job run"),
+        help="default per-job time limit in seconds, or none", maximum=MAX_SECONDS),
+    Key("shutdown_timeout", 30, "number", 0, help="how long a stopping worker lets a job run",
+        maximum=MAX_SECONDS),
     Key("settle_seconds", 2, "number", 0,
-        help="how long an unparsable drop-in must stay unchanged before it is rejected"),
-    Key("max_job_bytes", 1048576, "int", 2, help="largest job file accepted, bytes"),
+        help="how long an unparsable drop-in must stay unchanged before it is rejected",
+        maximum=86400),
+    Key("max_job_bytes", 1048576, "int", 2, help="largest job file accepted, bytes",
+        maximum=64 << 20),
     Key("completed_retention", 604800, "optional_number", 0, True,
-        help="workers delete completed jobs older than this many seconds (none: keep)"),
+        help="workers delete completed jobs older than this many seconds (none: keep)",
+        maximum=MAX_SECONDS),
     Key("metrics_textfile", None, "optional_path",
         help="file workers keep Prometheus metrics in (none: off)"),
     # Job semantics (issue 11): the exit-code retry policy and the hooks.
@@ -74,7 +88,14 @@ def _check_range(value, key):
         raise InvalidConfig(f"{key.name} must be greater than {key.minimum:g}, got {value!r}")
     if value < key.minimum:
         raise InvalidConfig(f"{key.name} must be at least {key.minimum:g}, got {value!r}")
+    if key.maximum is not None and value > key.maximum:
+        raise InvalidConfig(f"{key.name} must be between {key.minimum:g} and {key.maximum:d}"
+                            f"{_in_words(key)}, got {value!r}")
     return value
+
+
+def _in_words(key):
+    return " (100 years)" if key.maximum == MAX_SECONDS else ""
 
 
 def parse_value(name, text):

@@ -46,7 +46,10 @@ def examine(home, state, name, now):
     except InvalidJob as exc:
         settle = home.settings.settle_seconds
         return Verdict(reason=str(exc), st=st, unsettled=now - st.st_mtime < settle)
-    defaults = {"max_retries": home.settings.max_retries, "created_at": jobmod.iso(st.st_mtime)}
+    # The mtime only stands in for a missing created_at (capped at now: a future mtime from
+    # `cp -p` or clock skew is no creation time); it never schedules the job.
+    defaults = {"max_retries": home.settings.max_retries,
+                "created_at": jobmod.iso(min(st.st_mtime, now))}
     return Verdict(doc=jobmod.complete(doc, defaults, now), st=st)
 
 
@@ -80,8 +83,8 @@ def _reject(home, state, name, reason, size, now):
                           [_rejected_row(home.spool, on_disk[0])])
 
 
-def _row(verdict, state):
-    return job_row(verdict.doc, state, lifecycle._due(verdict.doc))
+def _row(verdict, state, now):
+    return job_row(verdict.doc, state, lifecycle._due(verdict.doc, now))
 
 
 def _duplicate_of(home, job_id, state):
@@ -117,11 +120,11 @@ def _sync_state(home, state, now):
             continue
         old = index.get(stem)
         if old is None:
-            inserts.append(_row(verdict, state))
+            inserts.append(_row(verdict, state, now))
         elif state not in spool.find(stem) or old["state"] in spool.find(stem):
             continue     # it moved on while we looked, or the old state holds it too
         else:
-            index.move_if(stem, old["state"], _row(verdict, state))
+            index.move_if(stem, old["state"], _row(verdict, state, now))
     if inserts:
         with index.transaction():
             index.insert_new(inserts)
@@ -139,7 +142,7 @@ def _resettle(home, job_id, stale_state, now):
         return
     verdict = examine(home, where[0], job_id + jobmod.JOB_SUFFIX, now)
     if verdict.doc is not None:
-        home.index.move_if(job_id, stale_state, _row(verdict, where[0]))
+        home.index.move_if(job_id, stale_state, _row(verdict, where[0], now))
 
 
 def _rejected_row(spool, name):

@@ -33,6 +33,8 @@ MAX_UNIQUE_KEY = 1024
 IGNORED_FIELDS = ("state",)
 PRIORITY_LIMIT = 2**31 - 1
 MAX_RETRIES_LIMIT = 1000
+MAX_DELAY_SECONDS = 100 * 365 * 86400    # a retry is never scheduled further ahead
+CREATED_SLACK = 1.0    # how far a created_at may lie ahead of now and still order jobs
 # Deepest nesting of arrays and objects accepted. Fixed and far below the interpreter's
 # recursion limit, so whether a file parses never depends on how deep the caller's stack is
 # (a worker accepting a job that `reindex` or `show` then finds "nested too deeply").
@@ -79,12 +81,13 @@ def new_id(now):
 
 
 def retry_delay(attempts, backoff_base, backoff_max):
-    """Seconds to wait before the next attempt after `attempts` attempts have failed."""
+    """Seconds to wait before the next attempt after `attempts` attempts have failed; never
+    more than MAX_DELAY_SECONDS, so now + delay is always a valid time."""
     try:
         delay = float(backoff_base) ** attempts
     except OverflowError:
         delay = math.inf
-    return min(delay, float(backoff_max))
+    return min(delay, float(backoff_max), MAX_DELAY_SECONDS)
 
 
 def is_exhausted(job):
@@ -381,7 +384,18 @@ def complete(job, defaults, now):
     return job
 
 
-def due_time(job):
-    """Epoch seconds from which the job may run: run_at if set, else created_at."""
-    stamp = job.get("run_at") or job.get("created_at")
-    return parse_time(stamp) if stamp else 0.0
+def due_time(job, now):
+    """Epoch seconds from which the job may run. Only run_at schedules a job: without it the
+    job is ready now, and created_at (capped at now) only orders it among the ready ones. A
+    created_at in the future (a drop-in's mtime after `cp -p`, tar or clock skew) must never
+    delay it."""
+    if job.get("run_at"):
+        return parse_time(job["run_at"])
+    created = job.get("created_at")
+    if not created:
+        return 0.0
+    created = parse_time(created)
+    # Up to CREATED_SLACK ahead is rounding and batch order, not the future: a batch's jobs
+    # get created_at 1 us apart after the `now` they are published with, stored times are
+    # rounded to the microsecond, and a reindex must compute the same due times.
+    return created if created <= now + CREATED_SLACK else now

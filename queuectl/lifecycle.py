@@ -31,13 +31,13 @@ MOVES = {
 }
 
 
-def _index_job(home, what, job, state):
-    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job))])
+def _index_job(home, what, job, state, now):
+    home.index_safely(what, home.index.upsert, [job_row(job, state, _due(job, now))])
 
 
-def _due(job):
+def _due(job, now):
     try:
-        return jobmod.due_time(job)
+        return jobmod.due_time(job, now)
     except (ValueError, OverflowError):
         return 0.0
 
@@ -66,7 +66,7 @@ def publish(home, docs, now):
     home.spool.publish_many([(doc["id"], jobmod.dumps(doc)) for doc in docs])
     written = docs
     home.index_safely("enqueue", home.index.upsert,
-                      [job_row(d, "pending", _due(d)) for d in written])
+                      [job_row(d, "pending", _due(d, now)) for d in written])
     for doc in written:
         log.info("enqueued %s: %s", doc["id"], doc["command"][:200])
     return [d["id"] for d in written]
@@ -78,7 +78,7 @@ def parse_claimed(home, claim, now):
     """The job held by a claim, validated and completed with defaults. Raises InvalidJob."""
     doc = jobmod.validate(jobmod.loads_object(claim.data), stem=claim.job_id)
     defaults = {"max_retries": home.settings.max_retries,
-                "created_at": jobmod.iso(claim.st.st_mtime)}
+                "created_at": jobmod.iso(min(claim.st.st_mtime, now))}
     return jobmod.complete(doc, defaults, now)
 
 
@@ -113,8 +113,8 @@ def admit(home, claim, doc, now):
     return None
 
 
-def mark_running(home, doc):
-    _index_job(home, "claim", doc, "processing")
+def mark_running(home, doc, now):
+    _index_job(home, "claim", doc, "processing", now)
 
 
 # ---- finishing (all from processing/) ---------------------------------------------------
@@ -122,7 +122,15 @@ def mark_running(home, doc):
 def _finish(home, claim, doc, dest, what, now):
     doc["updated_at"] = jobmod.iso(now)
     try:
-        home.spool.finish(claim, jobmod.dumps(doc), dest)
+        try:
+            home.spool.finish(claim, jobmod.dumps(doc), dest)
+        except DuplicateId:
+            if dest != "pending":
+                raise
+            # A newcomer dropped into pending/ while ours ran (its claim could not move it
+            # into processing/, so it waited there): ours was first and keeps the id.
+            reject_newcomer(home, claim.job_id, "processing", now)
+            home.spool.finish(claim, jobmod.dumps(doc), dest)
     except DuplicateId as exc:
         # Another job took this id while ours ran: keep ours, never overwrite theirs.
         moved = home.spool.reject("processing", claim.job_id + jobmod.JOB_SUFFIX,
@@ -131,7 +139,7 @@ def _finish(home, claim, doc, dest, what, now):
         log.error("job %s could not move to %s/: %s; kept as rejected/%s",
                   claim.job_id, dest, exc, moved)
         return None
-    _index_job(home, what, doc, dest)
+    _index_job(home, what, doc, dest, now)
     if dest in FINAL_STATES:
         _finished(home, doc, dest)
     return dest
@@ -246,6 +254,17 @@ def reject(home, state, name, reason, size=None, now=0.0):
     return shown
 
 
+def reject_newcomer(home, job_id, first, now):
+    """Duplicate ids: the copy that was there first wins. New jobs only ever arrive in
+    pending/ (enqueue and drop-ins), and every other move refuses to replace, so a
+    pending/<id> beside a copy in `first` is the newcomer: it goes to rejected/."""
+    name = job_id + jobmod.JOB_SUFFIX
+    st = home.spool.lstat("pending", name)
+    return reject(home, "pending", name, f"duplicate id: {job_id!r} is already in {first}/ "
+                  "(the copy that was there first keeps the id)",
+                  st.st_size if st else None, now)
+
+
 def reject_claimed(home, claim, reason, now):
     """A claimed file turned out not to be a job: rejected/, byte for byte."""
     name = claim.job_id + jobmod.JOB_SUFFIX
@@ -269,11 +288,15 @@ def recover(home, job_id, now):
         home.spool.release(held, unlink=True)
         log.info("recovery: deleted leftover processing/%s (job is in %s/)", job_id, others[0])
         return "leftover"
-    if others:
+    older = [s for s in others if s != "pending"]
+    if older:
         # Another job under a taken id (a duplicate drop-in whose worker died before
         # rejecting it): its bytes go to rejected/, never deleted.
         return reject_claimed(home, held, f"duplicate id: {job_id!r} is already in "
-                              f"{others[0]}/", now) and "rejected"
+                              f"{older[0]}/", now) and "rejected"
+    if others:
+        # A newcomer dropped into pending/ while ours ran: ours was first, it is rejected.
+        reject_newcomer(home, job_id, "processing", now)
     try:
         doc = parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:

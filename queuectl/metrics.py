@@ -61,9 +61,11 @@ def _timings(rows):
              "sum": round(sum(runs), 6)})
 
 
-def report(home, workers):
-    """Everything `queuectl metrics` shows, as one dict with stable keys."""
-    ingest(home)
+def report(home, workers, ingest_first=True):
+    """Everything `queuectl metrics` shows, as one dict with stable keys. ingest_first=False
+    reports the index as it stands (a busy worker must not rescan the spool)."""
+    if ingest_first:
+        ingest(home)
     now = home.clock()
     counts = {state: 0 for state in JOB_STATES}
     counts.update(home.index.counts())

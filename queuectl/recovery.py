@@ -1,8 +1,12 @@
 """On-demand recovery of processing/ (`queuectl recover`); workers do the same at start and
 every few seconds. See lifecycle.recover for the rules."""
 
+import logging
+
 from . import job as jobmod
 from . import lifecycle
+
+log = logging.getLogger("queuectl")
 
 
 def recover_one(home, job_id, now):
@@ -15,12 +19,18 @@ def recover_one(home, job_id, now):
 
 
 def recover_all(home):
-    """Recover every unowned file in processing/; returns [{id, result}] for what changed."""
+    """Recover every unowned file in processing/; returns [{id, result, state}] for what
+    changed or failed (state 'error': logged, skipped, the others still recovered)."""
     now = home.clock()
     done = []
-    for name in home.spool.names("processing"):
+    for name in sorted(home.spool.names("processing")):
         job_id = name[:-len(jobmod.JOB_SUFFIX)]
-        result = recover_one(home, job_id, now)
+        try:
+            result = recover_one(home, job_id, now)
+        except Exception as exc:     # one bad orphan must not stop the others
+            log.error("recovery of processing/%s failed: %s", name, exc)
+            done.append({"id": job_id, "result": f"recovery failed: {exc}", "state": "error"})
+            continue
         if result is not None:
             label = {"leftover": "deleted a leftover copy (the job had already moved on)",
                      "failed": "worker died: attempt counted, moved to failed (will retry)",

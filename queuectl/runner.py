@@ -56,17 +56,30 @@ def open_log(path):
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
-    os.unlink(path) if not os.path.isdir(path) or os.path.islink(path) else os.rmdir(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        try:
+            os.rmdir(path)
+        except OSError:
+            raise OSError(errno.EISDIR, "it is a directory that is not empty") from None
+    else:
+        os.unlink(path)
     return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 class RunningJob:
     def __init__(self, command, cwd, env, lock_fd, log_path, header):
+        # Every attribute is set before anything can fail: the worker reads them all
+        # whatever happened (a missing one once left the job in processing/ as "died").
         self.started = time.monotonic()
         self.proc = None
         self.pidfd = None
         self.spawn_error = None
+        self.exit_code = 127       # reported when the command could not start
         self.log_fd = None
+        self.log_start = 0
+        self.timed_out = None      # the time limit, once it was hit
+        self.stopped = False
+        self.cancelled = False
         try:
             self.log_fd = open_log(log_path)
             os.write(self.log_fd, header.encode("utf-8", "replace"))
@@ -75,11 +88,12 @@ class RunningJob:
             if self.log_fd is not None:
                 os.close(self.log_fd)
                 self.log_fd = None
-            self.spawn_error = f"cannot write the output log {log_path}: {exc.strerror}"
+            # Not started: the attempt fails with this reason (and is retried), so a broken
+            # log never runs a job blind nor loses it.
+            self.spawn_error = (f"cannot write the output log {log_path}: "
+                                f"{exc.strerror or exc}; the command was not started")
+            self.exit_code = None
             return
-        self.timed_out = None      # the time limit, once it was hit
-        self.stopped = False
-        self.cancelled = False
         try:
             self.proc = subprocess.Popen(
                 ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -128,7 +142,8 @@ class RunningJob:
         """Reap the child, append the footer, close the log; returns the Result."""
         duration = time.monotonic() - self.started
         if self.spawn_error:
-            result = Result(exit_code=127, duration_s=duration, error=self.spawn_error)
+            result = Result(exit_code=self.exit_code, duration_s=duration,
+                            error=self.spawn_error)
         else:
             code = self.proc.wait()
             result = _result(code, duration, self.timed_out, self.stopped)

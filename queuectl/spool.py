@@ -103,6 +103,14 @@ class Spool:
                 pass
         self._ready = True
 
+    def ensure_output(self):
+        """Re-create output/ if it was deleted since ensure_layout ran (which runs once per
+        process). Errors are left to the log's open, which reports them for the job."""
+        try:
+            os.mkdir(self.dir("output"), 0o700)
+        except OSError:
+            pass
+
     def is_paused(self):
         return os.path.lexists(os.path.join(self.root, PAUSE_FILE))
 
@@ -268,6 +276,8 @@ class Spool:
                 raise NotAJobFile("is a directory, not a file") from None
             if exc.errno in (errno.ENXIO, errno.EWOULDBLOCK):
                 raise NotAJobFile("is a special file, not a regular file") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and flags & os.O_RDWR:
+                raise NotAJobFile(_unclaimable(path, exc)) from None
             raise NotAJobFile(f"cannot be opened: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
@@ -522,6 +532,18 @@ class Spool:
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
+
+def _unclaimable(path, exc):
+    """Why a job file readable by us cannot be opened read-write (a claim needs that for its
+    lock): names our uid and the file's owner and mode, which is what a user has to fix."""
+    why = f"cannot be claimed: {exc.strerror.lower()}"
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return why
+    return (f"{why} (the worker runs as uid {os.geteuid()}; the file is owned by uid "
+            f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
 
 
 def _unlink_quietly(path):

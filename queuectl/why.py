@@ -61,7 +61,7 @@ def _ready_text(home, doc, now):
     served = serving(workers, pools, queue)
     queues = None if not pools or any(pools.get(w.get("supervisor")) is None for w in served) \
         else sorted({q for w in served for q in pools[w.get("supervisor")]})
-    ahead = home.index.ahead_of(queues, doc.get("priority", 0), jobmod.due_time(doc),
+    ahead = home.index.ahead_of(queues, doc.get("priority", 0), jobmod.due_time(doc, now),
                                 doc["id"], now)
     where = "" if queue == jobmod.DEFAULT_QUEUE else f" in queue {queue!r}"
     text = (f"pending{where}, ready, {_plural(ahead, 'job')} with higher priority or "
@@ -122,7 +122,7 @@ def _pending_text(home, doc, now):
     if holder not in (None, doc["id"]):
         return (f"pending, will be rejected when a worker takes it: duplicate unique key "
                 f"{key!r}: job {holder} holds it")
-    due = jobmod.due_time(doc)
+    due = jobmod.due_time(doc, now)
     if due > now:
         return f"scheduled: runs at {_when(due, now)}"
     return _ready_text(home, doc, now)

@@ -16,7 +16,7 @@ import time
 from . import job as jobmod
 from . import control, history, hooks, lifecycle, metrics, recovery, render, runner, watcher
 from .errors import InvalidJob
-from .ingest import examine, handle_bad, settle_deadline
+from .ingest import Verdict, examine, handle_bad, settle_deadline
 from .picker import Picker
 from .setaside import SetAside
 from .spool import NotAJobFile, is_candidate
@@ -46,6 +46,8 @@ class Worker:
         self.wakeup = watcher.Wakeup()
         self.watch = None
         self.unsettled = {}        # (state, name) -> when to look again
+        self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
+        self.recovery_failed = set()   # names in processing/ whose recovery raised
         self.stopping = False
         self.stop_now = False
         self.current = None
@@ -75,6 +77,10 @@ class Worker:
     # ---- finding work -----------------------------------------------------------------------
     def consider(self, state, name, now):
         """Look at one file in pending/ or failed/ and remember it if it is a job."""
+        if (state, name) in self.skipped:
+            if self.skipped[(state, name)] == self._signature(state, name):
+                return
+            del self.skipped[(state, name)]
         verdict = examine(self.home, state, name, now)
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
@@ -83,7 +89,7 @@ class Worker:
                 self.picker.forget(state, stem)
                 return
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
-                            lifecycle._due(verdict.doc))
+                            lifecycle._due(verdict.doc, now))
             return
         self.picker.forget(state, stem)
         if not handle_bad(self.home, state, name, verdict, now):
@@ -99,6 +105,8 @@ class Worker:
         for state in TAKE_FROM:
             names = self.home.spool.names(state)
             present = {name[:-len(jobmod.JOB_SUFFIX)] for name in names}
+            for key in [k for k in self.skipped if k[0] == state and k[1] not in names]:
+                del self.skipped[key]
             for key in self.picker.keys(state):
                 if key[1] not in present:
                     self.picker.forget(*key)
@@ -166,7 +174,7 @@ class Worker:
         if retention:
             try:
                 control.purge(self.home, "completed", retention)
-            except OSError as exc:
+            except Exception as exc:     # a full disk, a locked or corrupt index: next time
                 log.error("purging completed jobs failed: %s", exc)
 
     def recover(self, now):
@@ -177,9 +185,14 @@ class Worker:
                 continue
             try:
                 state = recovery.recover_one(self.home, job_id, now)
-            except OSError as exc:
-                log.error("recovery of %s failed: %s", job_id, exc)
+            except Exception as exc:     # one bad orphan must not stop the others or us
+                # Logged once per file (retried every RECOVERY_SECONDS, quietly).
+                log.log(logging.DEBUG if name in self.recovery_failed else logging.ERROR,
+                        "%s: recovery of %s failed: %s; skipped, will retry",
+                        self.label, job_id, exc)
+                self.recovery_failed.add(name)
                 continue
+            self.recovery_failed.discard(name)
             if state in TAKE_FROM:
                 self.consider(state, name, now)
 
@@ -191,14 +204,14 @@ class Worker:
         self._housekeeping(now)
         if self.stopping or self.home.spool.is_paused():
             return False
-        while True:
+        while not self.stopping:
             candidate = self.picker.pop_ready(now)
             if candidate is None:
                 return False
             try:
                 held = lifecycle.claim(self.home, candidate.state, candidate.job_id)
-            except NotAJobFile:
-                self.consider(candidate.state, candidate.job_id + jobmod.JOB_SUFFIX, now)
+            except NotAJobFile as exc:
+                self._unclaimable(candidate.state, candidate.job_id, exc, now)
                 continue
             if held is not None:
                 try:
@@ -210,6 +223,26 @@ class Worker:
                     raise
                 if taken is not None:
                     return taken
+
+    def _unclaimable(self, state, job_id, exc, now):
+        """A file the claim could not open or lock as a job. The claim is the judge: it
+        opens read-write, so a file we may read but not write (a 0444 drop-in, root's file
+        in a service user's spool) is rejected with the claim's reason, not re-read
+        read-only and put back in the picker (which made the claim loop spin). If even the
+        rejection fails, the file is left alone until it changes."""
+        if exc.gone:
+            return
+        name = job_id + jobmod.JOB_SUFFIX
+        try:
+            handle_bad(self.home, state, name, Verdict(reason=exc.reason), now)
+        except OSError as err:
+            log.error("%s: cannot reject %s/%s (%s): %s; skipped until it changes",
+                      self.label, state, name, exc.reason, err)
+            self.skipped[(state, name)] = self._signature(state, name)
+
+    def _signature(self, state, name):
+        st = self.home.spool.lstat(state, name)
+        return st and (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
     def _take(self, held, now):
         try:
@@ -224,12 +257,18 @@ class Worker:
                 return False
             lifecycle.reject_claimed(self.home, held, str(exc), now)
             return True
-        due = lifecycle._due(doc)
+        due = lifecycle._due(doc, now)
         if due > now:
             lifecycle.unclaim(self.home, held)     # the hint was stale: not due yet
             self.picker.add(held.origin, held.job_id, doc.get("priority", 0), due)
             return False
         elsewhere = [s for s in self.home.spool.find(held.job_id) if s != "processing"]
+        if "pending" in elsewhere:
+            # Dropped after our copy was there (new jobs only arrive in pending/): ours,
+            # with its history, keeps the id.
+            lifecycle.reject_newcomer(self.home, held.job_id, held.origin if
+                                      held.origin != "pending" else "processing", now)
+            elsewhere.remove("pending")
         if elsewhere:
             lifecycle.reject_claimed(self.home, held, f"duplicate id: {held.job_id!r} is "
                                      f"already in {elsewhere[0]}/", now)
@@ -249,7 +288,8 @@ class Worker:
         started = time.time()
         self.current = doc["id"]
         self.current_claim = held
-        lifecycle.mark_running(home, doc)
+        lifecycle.mark_running(home, doc, self.clock())
+        home.spool.ensure_output()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home), held.fd,
@@ -303,7 +343,8 @@ class Worker:
             self.jobs_failed += 1
             outcome = "failed+dead" if state == "dead" else "failed"
             if state == "failed":
-                self.picker.add("failed", doc["id"], doc.get("priority", 0), lifecycle._due(doc))
+                self.picker.add("failed", doc["id"], doc.get("priority", 0),
+                                lifecycle._due(doc, now))
         return outcome
 
     def _wait(self, running, timeout):
@@ -328,7 +369,7 @@ class Worker:
                 running.kill_group()
                 return
             if self.clock() >= self.next_heartbeat:
-                self.heartbeat()
+                self.heartbeat(busy=True)
             limits = [1.0, self.next_heartbeat - self.clock()]
             limits += [t - now for t in (deadline, stop_deadline) if t is not None]
             fds = [self.wakeup] + ([running.pidfd] if running.pidfd is not None else [])
@@ -348,10 +389,17 @@ class Worker:
         return float(self.home.settings.shutdown_timeout)
 
     # ---- heartbeat and loop -----------------------------------------------------------------
-    def heartbeat(self, state=None):
+    def heartbeat(self, state=None, busy=False):
+        """Record our state in the index (best effort) and keep the metrics textfile fresh.
+        While a job runs (`busy`, from _wait) the textfile is built from the index as it
+        stands: an ingest (a spool rescan, index writes that may wait on a lock) must never
+        delay the job's timeout or stop handling."""
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
         hooks.reap()
-        self.home.index.reopen_if_replaced()
+        try:
+            self.home.index.reopen_if_replaced()
+        except Exception as exc:
+            log.warning("%s: index unavailable (%s)", self.label, exc)
         try:
             cpu, rss = runner.process_stats()
         except Exception:
@@ -365,9 +413,9 @@ class Worker:
                                      "busy" if self.current else "idle")}
         self.home.index_safely("heartbeat", self.home.index.heartbeat, record)
         if self.home.settings.metrics_textfile:
-            self.write_textfile(self.home.settings.metrics_textfile)
+            self.write_textfile(self.home.settings.metrics_textfile, ingest=not busy)
 
-    def write_textfile(self, path):
+    def write_textfile(self, path, ingest=True):
         """Keep the Prometheus textfile fresh. Every worker may write it, but only when it is
         older than a heartbeat interval, so the queries run about once per interval in all;
         tmp + fsync + rename, so node_exporter never reads half a file."""
@@ -380,8 +428,8 @@ class Worker:
             log.warning("metrics textfile %s: %s", path, exc)
             return
         try:
-            text = render.prometheus_text(metrics.report(self.home,
-                                                         metrics.worker_rows(self.home)))
+            text = render.prometheus_text(metrics.report(
+                self.home, metrics.worker_rows(self.home), ingest_first=ingest))
             tmp = f"{path}.{self.pid}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
@@ -415,6 +463,9 @@ class Worker:
                 try:
                     if self.run_once():
                         continue
+                    if not self.retention_checked and not self.stopping:
+                        self.purge_expired()
+                        continue
                 except Exception:
                     # Never die over one bad step: the spool is unchanged or recoverable
                     # (a claim we could not finish stays in processing/ for recovery).
@@ -424,9 +475,6 @@ class Worker:
                     continue
                 if self.stopping:
                     break
-                if not self.retention_checked:
-                    self.purge_expired()
-                    continue
                 select.select([self.wakeup], [], [], self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:

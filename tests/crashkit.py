@@ -341,7 +341,7 @@ def drive(home_dir, name):
         assert held is not None
         doc = lifecycle.parse_claimed(home, held, now)
         if name == "claim":
-            lifecycle.mark_running(home, doc)
+            lifecycle.mark_running(home, doc, now)
             os._exit(0)                # exits holding the claim: an orphan for recovery
         lifecycle.unclaim(home, held)   # promises nothing: a lost unclaim leaves an orphan
     elif name in ("complete", "fail-retry", "fail-dead", "requeue"):

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from workerkit import lone_worker  # noqa: F401
+
 ID_RULE = ("must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a "
            "letter or digit")
 
@@ -291,3 +293,21 @@ def test_the_whole_matrix_at_once(cli, run_queuectl, drop, spool, tmp_path):
         {name: reason for name, _, reason in BAD_CONTENT}
     assert {name: sha(spool / "rejected" / name) for name in digests} == digests
     assert [r["id"] for r in json.loads(cli("list", "--json").stdout)] == ["good1", "good2"]
+
+
+# ---- a future mtime never schedules a drop-in -------------------------------------------------
+
+def test_a_drop_in_with_a_future_mtime_and_no_run_at_is_ready_now(cli, drop, spool, wait_until,
+                                                                   lone_worker):
+    from queuectl import job as jobmod
+    from workerkit import states_of
+    path = drop("skewed.json", json.dumps({"command": "true"}))
+    future = time.time() + 3600           # cp -p, tar or clock skew
+    os.utime(path, (future, future))
+    status = json.loads(cli("status", "--json").stdout)
+    assert (status["ready"], status["scheduled"]) == (1, 0)
+    proc = lone_worker()
+    wait_until(lambda: states_of(spool, "skewed") == ["completed"] or proc.poll() is not None,
+               timeout=20, message="the drop-in to run now")
+    record = json.loads((spool / "completed" / "skewed.json").read_bytes())
+    assert jobmod.parse_time(record["created_at"]) <= time.time()

@@ -25,7 +25,7 @@ def row(job_id, state="pending", priority=0, created=T0, updated=None, run_at=No
            "updated_at": jobmod.iso(updated if updated is not None else created), **more}
     if run_at is not None:
         doc["run_at"] = jobmod.iso(run_at)
-    return job_row(doc, state, jobmod.due_time(doc))
+    return job_row(doc, state, jobmod.due_time(doc, now=float("inf")))
 
 
 def ids(rows):

@@ -229,9 +229,15 @@ def test_exhausted_after_max_retries_plus_one_attempts():
 
 
 def test_due_time_prefers_run_at_over_created_at():
-    assert jobmod.due_time({"created_at": jobmod.iso(T0)}) == T0
+    assert jobmod.due_time({"created_at": jobmod.iso(T0)}, T0 + 5) == T0
     assert jobmod.due_time({"created_at": jobmod.iso(T0),
-                            "run_at": jobmod.iso(T0 + 60)}) == T0 + 60
+                            "run_at": jobmod.iso(T0 + 60)}, T0) == T0 + 60
+
+
+def test_only_run_at_schedules_a_job_a_future_created_at_is_ready_now():
+    assert jobmod.due_time({"created_at": jobmod.iso(T0 + 3600)}, T0) == T0
+    assert jobmod.due_time({"created_at": jobmod.iso(T0 + 0.5)}, T0) == T0 + 0.5   # order
+    assert jobmod.due_time({}, T0) == 0.0
 
 
 def test_dumps_refuses_nan():

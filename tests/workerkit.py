@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 
 import psutil
@@ -193,3 +194,33 @@ def pool(home, cli, run_queuectl):
     yield workers
     workers.shutdown()
 
+
+# ---- one worker, no supervisor -----------------------------------------------------------------
+
+WORKER_SCRIPT = ("import sys; from queuectl.home import Home; from queuectl.worker import "
+                 "run_worker; sys.exit(run_worker(Home(sys.argv[1])))")
+
+
+def drop_job(spool, job_id, command, **fields):
+    """A drop-in (tmp + rename), so nothing but the worker touches the index."""
+    tmp = spool / "tmp" / job_id
+    tmp.write_text(json.dumps({"command": command, **fields}))
+    os.rename(tmp, spool / "pending" / f"{job_id}.json")
+
+
+@pytest.fixture
+def lone_worker(home):
+    """A worker process of its own (no supervisor to restart it if it dies)."""
+    procs = []
+
+    def start():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+        proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(home)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
