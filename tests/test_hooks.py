@@ -18,7 +18,8 @@ def test_hooks_run_once_per_job(pool, spool, tmp_path, wait_until):
     pool.enqueue({"id": "bad", "command": "exit 3", "max_retries": 2})
     pool.enqueue({"id": "usage", "command": "exit 64", "max_retries": 2})
     pool.enqueue({"id": "later", "command": "true"}, "--delay", "1h")
-    wait_until(lambda: len(lines(finished)) == 5, timeout=20)
+    # Hooks run beside the queue: wait for both files to have every line.
+    wait_until(lambda: len(lines(finished)) == 5 and len(lines(dead)) == 2, timeout=20)
     assert sorted(lines(finished)) == [["bad", "dead", "3"], ["ok0", "completed", "0"],
                                        ["ok1", "completed", "0"], ["ok2", "completed", "0"],
                                        ["usage", "dead", "64"]]
