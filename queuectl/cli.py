@@ -219,14 +219,16 @@ def _workers(home):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--ages", is_flag=True, help="Ready jobs per age bucket (like Postfix's qshape).")
+@click.option("--queue", metavar="NAME", help="Only this queue's jobs and the workers serving it.")
 @click.pass_context
-def status(ctx, as_json, ages):
+def status(ctx, as_json, ages, queue):
     """Show counts per state, the ready backlog and the workers.
 
     \b
     Example:
       queuectl status
       queuectl status --ages
+      queuectl status --queue gpu
       queuectl --home /srv/queue status --json
     """
     from .queries import status as status_report
@@ -237,6 +239,9 @@ def status(ctx, as_json, ages):
         click.echo(render.to_json(rows) if as_json else render.ages_text(rows, home.home))
         return
     report = status_report(home, _workers(home))
+    if queue is not None:
+        from .queues import narrow_status
+        report = narrow_status(home, report, queue)
     click.echo(render.to_json(report) if as_json else render.status_text(report))
 
 

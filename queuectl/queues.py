@@ -58,3 +58,16 @@ def summary(home, workers, now=None):
                "busy": sum(1 for w in served if w.get("current_job"))}
         rows.append(row)
     return rows
+
+
+def narrow_status(home, report, queue):
+    """A status report (queries.status) cut down to one queue: its counts, backlog and the
+    workers serving it. Rejected files belong to no queue and are left out."""
+    rows = [q for q in report["queues"] if q["queue"] == queue]
+    row = rows[0] if rows else {"queue": queue, "ready": 0, "scheduled": 0,
+                                "oldest_ready_age_s": None, "workers": 0, "busy": 0,
+                                **{s: 0 for s in STATES}}
+    return dict(report, queue=queue, counts={s: row[s] for s in STATES}, rejected=0,
+                ready=row["ready"], scheduled=row["scheduled"],
+                oldest_ready_age_s=row["oldest_ready_age_s"], queues=[row],
+                workers=serving(report["workers"], pool_queues(home), queue))

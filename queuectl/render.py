@@ -70,7 +70,8 @@ def job_table(rows, now=None):
 
 def status_text(report):
     counts = report["counts"]
-    lines = [f"home: {report['home']}"]
+    lines = [f"home: {report['home']}" + (f"  queue: {report['queue']}" if report.get("queue")
+                                          else "")]
     if report["spool"] != f"{report['home']}/spool" or report["data"] != f"{report['home']}/data":
         lines.append(f"spool: {report['spool']}  data: {report['data']}")
     if report.get("paused"):

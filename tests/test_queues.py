@@ -44,6 +44,10 @@ def test_two_pools_never_take_each_others_jobs_and_stop_by_queue(pool, spool, wa
     assert (queues["cpu"]["completed"], queues["cpu"]["workers"]) == (6, 2)
     assert (queues["gpu-big"]["completed"], queues["gpu-big"]["workers"]) == (6, 1)
 
+    narrowed = json.loads(pool.cli("status", "--queue", "cpu", "--json").stdout)
+    assert (narrowed["queue"], narrowed["counts"]["completed"]) == ("cpu", 6)
+    assert {w["pid"] for w in narrowed["workers"]} == cpu
+
     stopped = pool.stop("--queue", "gpu")
     assert stopped.stdout.startswith("stopped supervisor ")
     assert not any(pid_alive(p) for p in gpu) and all(pid_alive(p) for p in cpu)
@@ -72,6 +76,10 @@ def test_list_status_and_metrics_per_queue(cli, spool):
     assert "queues:\nQUEUE    READY  SCHED  RUNNING  FAILED  DEAD  OLDEST  WORKERS\n" in status
     assert [line.split()[:3] for line in status.split("queues:\n")[1].splitlines()[1:4]] == \
         [["default", "1", "0"], ["gpu", "2", "0"], ["io", "1", "0"]]
+    narrowed = json.loads(cli("status", "--queue", "gpu", "--json").stdout)
+    assert (narrowed["counts"]["pending"], narrowed["ready"], narrowed["queues"][0]["queue"]) \
+        == (2, 2, "gpu")
+    assert cli("status", "--queue", "gpu").stdout.splitlines()[0].endswith("  queue: gpu")
     metrics = json.loads(cli("metrics", "--json").stdout)
     assert [(q["queue"], q["ready"], q["workers"]) for q in metrics["queues"]] == \
         [("default", 1, 0), ("gpu", 2, 0), ("io", 1, 0)]
