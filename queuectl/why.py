@@ -75,24 +75,32 @@ def _ready_text(home, doc, now):
     return text + f", {len(busy)} of {_plural(len(served), 'worker')} busy{names}"
 
 
+CHAIN_SHOWN = 5      # dependencies of dependencies described, at most
+
+
 def _dependency_text(home, doc, gate, now):
+    return f"pending, waiting for dependency {gate.dep} ({_dep_detail(home, gate, now, 1)})"
+
+
+def _dep_detail(home, gate, now, depth):
+    """Where the awaited dependency is; for one itself blocked, the chain behind it."""
     dep = gate.dep
     if gate.where == "processing":
         runner = [w for w in _workers(home)[0] if w.get("current_job") == dep]
         attempts = _dep_attempts(home, dep, "processing") + 1
         on = f" on host {runner[0]['host']} (pid {runner[0]['pid']})" if runner else ""
-        detail = f"processing{on}, attempt {attempts}"
-    elif gate.where == "failed":
-        dep_doc = _read(home, "failed", dep) or {}
-        retry = dep_doc.get("run_at")
-        detail = "failed" + (f", retry at {_when(jobmod.parse_time(retry), now)}"
-                             if retry else "")
-    else:
-        dep_doc = _read(home, "pending", dep) or {}
-        inner = deps.gate(home.spool, dep_doc) if dep_doc.get("after") else None
-        detail = "pending" + (f", itself waiting for {inner.dep}"
-                              if inner and inner.status == deps.BLOCKED else "")
-    return f"pending, waiting for dependency {dep} ({detail})"
+        return f"processing{on}, attempt {attempts}"
+    if gate.where == "failed":
+        retry = (_read(home, "failed", dep) or {}).get("run_at")
+        return "failed" + (f", retry at {_when(jobmod.parse_time(retry), now)}"
+                           if retry else "")
+    dep_doc = _read(home, "pending", dep) or {}
+    inner = deps.gate(home.spool, dep_doc) if dep_doc.get("after") else None
+    if inner is None or inner.status != deps.BLOCKED:
+        return "pending"
+    if depth >= CHAIN_SHOWN:
+        return f"pending, itself waiting for {inner.dep} ..."
+    return f"pending, itself waiting for {inner.dep} ({_dep_detail(home, inner, now, depth + 1)})"
 
 
 def _dep_attempts(home, dep, state):

@@ -18,7 +18,6 @@ def finished(spool, **expected):
 
 def test_chain_of_three_with_a_failure_in_the_middle(pool, spool, tmp_path, wait_until):
     log = tmp_path / "ran"
-    pool.start(2)
     pool.enqueue({"id": "a", "command": f"echo a >> {q(log)}"})
     pool.enqueue({"id": "b", "command": f"echo b >> {q(log)}; exit 1", "max_retries": 0},
                  "--after", "a")
@@ -26,6 +25,10 @@ def test_chain_of_three_with_a_failure_in_the_middle(pool, spool, tmp_path, wait
     pool.enqueue({"id": "d", "command": f"echo d >> {q(log)}"}, "--after", "c")
     pool.enqueue({"id": "e", "command": f"echo e >> {q(log)}"}, "--after", "b",
                  "--after-any")
+    assert pool.cli("why", "d").stdout == (
+        "pending, waiting for dependency c (pending, itself waiting for b (pending, itself "
+        "waiting for a (pending)))\n")
+    pool.start(2)
     wait_until(lambda: finished(spool, a="completed", b="dead", c="dead", d="dead",
                                 e="completed"), timeout=20)
     assert [w[0] for w in lines(log)] == ["a", "b", "e"]
