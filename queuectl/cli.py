@@ -64,6 +64,13 @@ def _is_number(text):
 _LOG_SETUP = []
 
 
+def _drain_hooks():
+    """A command that finished jobs (cancel, recover) waits for their hooks before exit."""
+    hooks = sys.modules.get("queuectl.hooks")
+    if hooks is not None:
+        hooks.drain()
+
+
 def _quiet_logging():
     if not log.materialised:
         return
@@ -137,6 +144,7 @@ def main(ctx, home_dir, spool_dir, data_dir):
     """
     ctx.obj = Home(home_dir, spool_dir, data_dir)
     ctx.call_on_close(ctx.obj.close)
+    ctx.call_on_close(_drain_hooks)
     log.defer_setup(_null_handler, "DEBUG")
     if ctx.invoked_subcommand not in (None, "worker"):
         ctx.call_on_close(_quiet_logging)
@@ -181,9 +189,26 @@ def init(ctx, as_json):
               help="Retries before the DLQ (default: config max_retries).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Kill the job after this many seconds.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID...]",
+              help="Run only once these jobs have completed (a failed one sends this job "
+                   "to dead/).")
+@click.option("--after-any", "after_any", is_flag=True, default=None,
+              help="With --after: run once they have finished, whatever the outcome.")
+@click.option("--queue", "queue", metavar="NAME",
+              help="The queue this job is in (default: 'default'); see worker start --queue.")
+@click.option("--unique-key", "unique_key", metavar="KEY",
+              help="Refuse the job while another pending, failed or processing job has "
+                   "this key.")
+@click.option("--if-exists", "if_exists", type=click.Choice(["error", "skip"]),
+              default="error", show_default=True,
+              help="With --unique-key: 'skip' prints the existing job's id and exits 0.")
+@click.option("--retry-on", "retry_on", metavar="CODES",
+              help="Exit codes that always retry for this job: 1,75,100-110.")
+@click.option("--no-retry-on", "no_retry_on", metavar="CODES",
+              help="Exit codes that send this job to dead/ at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON array.")
 @click.pass_context
-def enqueue(ctx, job_json, script, as_json, **overrides):
+def enqueue(ctx, job_json, script, as_json, if_exists, **overrides):
     """Add jobs to the queue and print their ids.
 
     JSON is one job object; '-' reads one object or JSON Lines (one job per
@@ -196,9 +221,17 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
       queuectl enqueue '{"id": "nightly", "command": "./backup.sh", "priority": 5}'
       queuectl enqueue --file job.py --delay 10m
       cat jobs.jsonl | queuectl enqueue -
+      queuectl enqueue --after build-1 --queue gpu '{"command": "./train"}'
+      queuectl enqueue --unique-key sync-db --if-exists skip '{"command": "./sync"}'
     """
     from . import submit
+    from .config import parse_codes
     home = _home(ctx, write=True, lazy_log=True)
+    after = [i.strip() for item in overrides.pop("after") for i in item.split(",") if i.strip()]
+    overrides["after"] = after or None
+    for name in ("retry_on", "no_retry_on"):
+        if overrides[name] is not None:
+            overrides[name] = sorted(parse_codes(overrides[name], "--" + name.replace("_", "-")))
     if script and job_json:
         raise click.UsageError("give either JSON or --file, not both")
     if script:
@@ -209,7 +242,7 @@ def enqueue(ctx, job_json, script, as_json, **overrides):
         docs = submit.parse_submission(job_json.encode("utf-8", "surrogateescape"))
     else:
         raise click.UsageError("give a job as JSON, '-' for stdin, or --file SCRIPT")
-    ids = submit.enqueue(home, docs, overrides)
+    ids = submit.enqueue(home, docs, overrides, if_exists=if_exists)
     if as_json:
         _echo_json(ids)
     else:
@@ -225,9 +258,10 @@ STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "de
 @main.command("list")
 @click.option("--state", type=STATE_CHOICE, help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
-def list_cmd(ctx, state, limit, as_json):
+def list_cmd(ctx, state, limit, queue, as_json):
     """List jobs: pending first in the order workers will take them
     (priority, then run time), then the others newest first.
 
@@ -239,13 +273,19 @@ def list_cmd(ctx, state, limit, as_json):
     """
     from .queries import list_jobs
     home = _home(ctx)
-    rows = list_jobs(home, state, limit)
+    if queue is not None:
+        from .queues import list_in_queue
+        rows = list_in_queue(home, queue, state, limit)
+    else:
+        rows = list_jobs(home, state, limit)
     if as_json:
-        _echo_json(rows)
+        from .history import attach
+        _echo_json(attach(home, rows))
     elif rows:
         click.echo(f"home: {home.home}\n" + render.job_table(rows))
     else:
-        click.echo(f"no {state + ' ' if state else ''}jobs in {home.home}")
+        click.echo(f"no {state + ' ' if state else ''}jobs"
+                   f"{f' in queue {queue!r}' if queue else ''} in {home.home}")
 
 
 def _workers(home):
@@ -257,14 +297,16 @@ def _workers(home):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--ages", is_flag=True, help="Ready jobs per age bucket (like Postfix's qshape).")
+@click.option("--queue", metavar="NAME", help="Only this queue's jobs and the workers serving it.")
 @click.pass_context
-def status(ctx, as_json, ages):
+def status(ctx, as_json, ages, queue):
     """Show counts per state, the ready backlog and the workers.
 
     \b
     Example:
       queuectl status
       queuectl status --ages
+      queuectl status --queue gpu
       queuectl --home /srv/queue status --json
     """
     from .queries import status as status_report
@@ -275,6 +317,9 @@ def status(ctx, as_json, ages):
         click.echo(render.to_json(rows) if as_json else render.ages_text(rows, home.home))
         return
     report = status_report(home, _workers(home))
+    if queue is not None:
+        from .queues import narrow_status
+        report = narrow_status(home, report, queue)
     click.echo(render.to_json(report) if as_json else render.status_text(report))
 
 
@@ -292,7 +337,30 @@ def show(ctx, job_id, as_json):
     from .queries import resolve_ids, show as show_job
     home = _home(ctx)
     info = show_job(home, *resolve_ids(home, [job_id]))
-    click.echo(render.to_json(info) if as_json else render.show_text(info))
+    if as_json:
+        click.echo(render.to_json(info))
+        return
+    click.echo(render.show_text(info))
+    if (info.get("job") or {}).get("history"):
+        click.echo("\n" + render.history_text(info["job"]))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def why(ctx, job_id, as_json):
+    """Explain in one paragraph where a job is and what it waits for: its
+    place in line, the workers, its schedule, its dependencies, its last
+    error and retry, the pause flag, or why it was rejected.
+
+    \b
+    Example:
+      queuectl why nightly
+    """
+    from .why import explain
+    info = explain(_home(ctx), job_id)
+    click.echo(render.to_json(info) if as_json else info["text"])
 
 
 # ---- dead letter queue ------------------------------------------------------------------------
@@ -688,9 +756,11 @@ def worker():
               help="How many workers to run.")
 @click.option("--foreground", is_flag=True,
               help="Stay attached; stop gracefully on Ctrl-C or SIGTERM.")
+@click.option("--queue", "queue", metavar="NAME[,NAME...]",
+              help="Take only jobs of these queues (default: every queue).")
 @click.option("--quiet", is_flag=True, hidden=True)
 @click.pass_context
-def worker_start(ctx, count, foreground, quiet):
+def worker_start(ctx, count, foreground, queue, quiet):
     """Start a supervisor that keeps COUNT workers running (restarting any
     that die). Returns once they run, unless --foreground. Starting again
     adds workers.
@@ -699,9 +769,11 @@ def worker_start(ctx, count, foreground, quiet):
     Examples:
       queuectl worker start --count 4
       queuectl worker start --foreground --count 2    # for systemd
+      queuectl worker start --queue gpu --count 1     # a pool of its own for 'gpu'
     """
     from . import pool
     home = _home(ctx, write=True)
+    queues = _queue_names(queue)
     if foreground:
         from .security import check_spool
         home.spool.ensure_layout()
@@ -709,9 +781,22 @@ def worker_start(ctx, count, foreground, quiet):
         if not quiet:
             click.echo(render.foreground_text(count, home.home, home.spool.is_paused()))
         from .supervisor import run_foreground
-        sys.exit(run_foreground(home, count))
-    started = pool.start(home, count)
-    click.echo(render.started_text(started, count, home.home, home.spool.is_paused()))
+        sys.exit(run_foreground(home, count, queues))
+    started = pool.start(home, count, queues=queues)
+    click.echo(render.started_text(started, count, home.home, home.spool.is_paused(), queues))
+
+
+def _queue_names(text):
+    """'a,b' -> ['a', 'b'] (checked like a job's queue field); None for every queue."""
+    if text is None:
+        return None
+    from .errors import InvalidJob
+    from .job import QUEUE_RE
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not QUEUE_RE.match(n)]
+    if not names or bad:
+        raise InvalidJob(f"--queue must be queue names separated by commas, got {text!r}")
+    return names
 
 
 @worker.command("stop")
@@ -721,8 +806,10 @@ def worker_start(ctx, count, foreground, quiet):
 @click.option("--host", metavar="HOST",
               help="Stop the pool of another host sharing this spool (it polls for a "
                    "stop request in spool/workers/); default: this host's pool.")
+@click.option("--queue", metavar="NAME",
+              help="Stop only the pools started with --queue NAME.")
 @click.pass_context
-def worker_stop(ctx, timeout, host):
+def worker_stop(ctx, timeout, host, queue):
     """Stop every worker of this home gracefully: they stop claiming, running
     jobs may finish; past the timeout a job is killed and goes back to
     pending without counting an attempt. Waits and reports.
@@ -732,11 +819,12 @@ def worker_stop(ctx, timeout, host):
       queuectl worker stop
       queuectl worker stop --timeout 5
       queuectl worker stop --host web2     # another host on a shared spool
+      queuectl worker stop --queue gpu
     """
     from . import pool
     home = _home(ctx)
     limit = home.settings.shutdown_timeout if timeout is None else timeout
-    lines = pool.stop_host(home, host, limit) if host else pool.stop(home, limit)
+    lines = pool.stop_host(home, host, limit) if host else pool.stop(home, limit, queue)
     for line in lines:
         click.echo(line)
 

@@ -53,6 +53,17 @@ KEYS = {k.name: k for k in (
         help="Prometheus text file (none: off)"),
     Key("spool_shared", "auto", "choice", choices=SHARED_CHOICES,
         help="spool shared by hosts: auto (by fs type), yes, no"),
+    # Job semantics (issue 11): the exit-code retry policy and the hooks.
+    Key("retry_exit_codes", "75", "codes",
+        help="exit codes that always retry (e.g. 1,75,100-110)"),
+    Key("permanent_exit_codes", "64-78", "codes",
+        help="exit codes that go to dead/ at once"),
+    Key("on_finish", None, "optional_path",
+        help="command run when a job is completed/dead"),
+    Key("on_dead", None, "optional_path",
+        help="command run when a job lands in dead/"),
+    Key("hook_timeout", 30, "number", 0, True,
+        help="seconds a hook may run", maximum=86400),
 )}
 
 
@@ -114,12 +125,49 @@ def parse_value(name, text):
         raise InvalidConfig(f"{name} must be one of {', '.join(key.choices)}, got {text!r}")
     if key.kind == "optional_path":
         return str(text)
+    if key.kind == "codes":
+        return format_codes(parse_codes(text, name))
     if key.kind == "int" and not _looks_int(text):
         raise InvalidConfig(f"{name} must be an integer, got {text!r}")
     value = _number(text, key)
     if key.kind == "int" and not isinstance(value, int):
         raise InvalidConfig(f"{name} must be an integer, got {text!r}")
     return _check_range(value, key)
+
+
+def parse_codes(text, name="exit codes"):
+    """'64-78,2' (or a list of ints) -> a frozenset of exit codes 0-255; '' or none: empty."""
+    if isinstance(text, (list, tuple)):
+        parts = [str(p) for p in text]
+    else:
+        value = "" if text is None else str(text).strip()
+        parts = [] if value.lower() in ("", "none") else value.split(",")
+    codes = set()
+    for part in parts:
+        low, _, high = part.strip().partition("-")
+        try:
+            low_n = int(low)
+            high_n = int(high) if high else low_n
+        except ValueError:
+            raise InvalidConfig(f"{name} must be exit codes or ranges like 75 or 64-78,100, "
+                                f"got {text!r}") from None
+        if not 0 <= low_n <= high_n <= 255:
+            raise InvalidConfig(f"{name} must be exit codes 0-255 (ranges low-high), "
+                                f"got {text!r}")
+        codes.update(range(low_n, high_n + 1))
+    return frozenset(codes)
+
+
+def format_codes(codes):
+    """A set of codes -> its shortest text: '64-74,76-78'."""
+    ordered = sorted(codes)
+    runs = []
+    for code in ordered:
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def get_key(name):

@@ -77,10 +77,48 @@ def dlq_retry(home, ids=None):
     if ids is None:
         ids = [row["id"] for row in home.index.list("dead")]
 
+    brought_back = {}           # dependent id -> the job whose retry brought it back
+
     def action(home, job_id):
-        _apply(home, job_id, ("dead",), "retried from the DLQ", lifecycle.revive)
-        return "moved to pending (attempts reset)"
+        if job_id in brought_back:
+            return f"moved to pending (attempts reset) with {brought_back[job_id]}"
+        _apply(home, job_id, ("dead",), "retried from the DLQ", _revive)
+        revived = _revive_dependents(home, job_id)
+        brought_back.update((dependent, job_id) for dependent in revived)
+        return "moved to pending (attempts reset)" + \
+            (f"; dependents back too: {', '.join(revived)}" if revived else "")
     return for_each(home, ids, action)
+
+
+def _revive(home, held, doc, now):
+    """lifecycle.revive, after taking the job's unique key back (refused while another live
+    job holds it)."""
+    from . import unique
+    key = doc.get("unique_key")
+    holder = unique.acquire(home.spool, key, doc["id"]) if key is not None else None
+    if holder is not None:
+        home.spool.unclaim(held)
+        raise WrongState(f"job {doc['id']!r} cannot be retried: its unique key {key!r} is "
+                         f"held by job {holder}")
+    return lifecycle.revive(home, held, doc, now)
+
+
+def _revive_dependents(home, job_id):
+    """Jobs that went to dead/ only because job_id failed wait for it again (and their own
+    dependents with them). Returns the ids revived."""
+    from . import deps
+    revived, todo = [], [job_id]
+    while todo:
+        dep = todo.pop()
+        for dependent in deps.revived_dependents(home.index.list("dead"), dep):
+            try:
+                _apply(home, dependent, ("dead",), "retried from the DLQ", _revive)
+            except (JobNotFound, WrongState, InvalidJob) as exc:
+                log.warning("dependent %s of %s stays dead: %s", dependent, dep, exc)
+                continue
+            revived.append(dependent)
+            todo.append(dependent)
+    return revived
 
 
 def retry_now(home, ids):

@@ -55,3 +55,15 @@ class Timeout(QueueError):
 
 class IndexUnusable(QueueError):
     """The index cannot be opened or written even after setting the broken files aside."""
+
+
+class DuplicateKey(QueueError):
+    """A unique_key already held by a pending, failed or processing job."""
+
+    def __init__(self, message, holder):
+        super().__init__(message)
+        self.holder = holder
+
+
+class UnknownDependency(QueueError):
+    """An `after` id that names no job in the spool."""

@@ -1,9 +1,10 @@
 """fsck: check the spool's invariants the way `postsuper -s` checks Postfix's queue, and with
 repair fix what is safe. Checks: unowned files in processing/ (leftovers and orphans), ids in
 two state directories, stale files in tmp/, files that are not jobs where jobs should be,
-stale cancel markers, foreign files (hidden or not *.json) left in a job directory, and index
-rows that disagree with the spool. Repairs go through lifecycle (recover, reject) and
-reindex, so fsck never invents a state change of its own."""
+stale cancel markers, unique keys left behind by a crash (spool/keys/), foreign files (hidden
+or not *.json) left in a job directory, and index rows that disagree with the spool. Repairs
+go through lifecycle (recover, reject) and reindex, so fsck never invents a state change of
+its own."""
 
 import os
 from dataclasses import dataclass
@@ -132,6 +133,19 @@ def _check_cancel_markers(home, repair, problems):
         problems.append(problem)
 
 
+def _check_keys(home, repair, now, problems):
+    """Unique-key files in spool/keys/ whose job is no longer pending, failed or processing
+    (a crash between a job's last move and freeing its key)."""
+    from . import unique
+    for name, holder, key in unique.stale_keys(home.spool, now):
+        problem = Problem("stale-key", f"keys/{name}",
+                          f"unique key {key!r} still held for job {holder!r}, which is no "
+                          "longer pending, failed or processing")
+        if repair and unique.remove_stale(home.spool, name, now):
+            problem.fixed = "removed (the key is free again)"
+        problems.append(problem)
+
+
 def _check_index(home, problems):
     """Index rows with no file, and files with no (or a wrong) row. Compared without
     ingesting first, so fsck reports what the index really holds."""
@@ -160,6 +174,7 @@ def fsck(home, repair=False):
     _check_foreign(home, repair, now, problems)
     _check_files(home, repair, now, problems)
     _check_cancel_markers(home, repair, problems)
+    _check_keys(home, repair, now, problems)
     index_problems = []
     _check_index(home, index_problems)
     if repair and index_problems:

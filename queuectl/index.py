@@ -15,10 +15,12 @@ from .job import parse_time
 from .logs import log
 
 
-SCHEMA_VERSION = 4      # 3: jobs.version; 4: the backlog table (created by SCHEMA)
+# 3: jobs.version; 4: the backlog table or jobs.queue (two lines of work both said 4);
+# 5: both. Schema creation adds whatever an older index lacks.
+SCHEMA_VERSION = 5
 JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "created_at",
                "updated_at", "finished_at", "attempts", "max_retries", "timeout",
-               "exit_code", "last_error", "duration_s")
+               "exit_code", "last_error", "duration_s", "queue")
 # What a row is written with: the job's columns plus its version, the epoch of the job's
 # updated_at, which every move rewriting the file advances. An upsert never moves a row
 # to an older version, nor at the same version from processing back to the state the claim
@@ -27,13 +29,17 @@ JOB_COLUMNS = ("id", "state", "command", "priority", "run_at", "due_ts", "create
 ROW_COLUMNS = (*JOB_COLUMNS, "version")
 NEWER = ("excluded.version > jobs.version OR (excluded.version = jobs.version AND "
          "(excluded.state = 'processing' OR jobs.state <> 'processing'))")
+# Columns added after schema 2, with their definitions: ALTER TABLE adds the missing ones
+# to an older index (an old row counts as oldest version, in the default queue).
+ADDED_COLUMNS = (("version", "REAL NOT NULL DEFAULT 0"),
+                 ("queue", "TEXT NOT NULL DEFAULT 'default'"))
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, command TEXT, priority INTEGER NOT NULL DEFAULT 0,
   run_at TEXT, due_ts REAL NOT NULL DEFAULT 0, created_at TEXT, updated_at TEXT,
   finished_at TEXT, attempts INTEGER NOT NULL DEFAULT 0, max_retries INTEGER, timeout REAL,
   exit_code INTEGER, last_error TEXT, duration_s REAL,
-  version REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
+  queue TEXT NOT NULL DEFAULT 'default', version REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_take_order ON jobs(state, priority DESC, due_ts, id);
 CREATE INDEX IF NOT EXISTS jobs_recent ON jobs(state, updated_at DESC);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -69,6 +75,7 @@ def job_row(job, state, due_ts):
     values = dict(job, state=state, due_ts=due_ts, version=_version(job))
     values.setdefault("priority", 0)
     values.setdefault("attempts", 0)
+    values["queue"] = values.get("queue") or "default"
     return tuple(values.get(name) for name in ROW_COLUMNS)
 
 
@@ -183,9 +190,10 @@ class Index:
             db.execute(f"PRAGMA busy_timeout={SCHEMA_BUSY_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            if "version" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
-                # An index of schema 2: its rows count as oldest, so any write wins.
-                db.execute("ALTER TABLE jobs ADD COLUMN version REAL NOT NULL DEFAULT 0")
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, definition in ADDED_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
@@ -335,6 +343,42 @@ class Index:
         sql = (f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE {' AND '.join(where)} "
                f"ORDER BY {order} LIMIT ?")
         return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(sql, (*args, limit))]
+
+    def list_queue(self, queue, state=None, limit=None):
+        """Rows of one queue, in list()'s order."""
+        cols = ",".join(JOB_COLUMNS)
+        where = "queue=?" + (" AND state=?" if state else "")
+        order = ("priority DESC, due_ts, id" if state == "pending" else
+                 "state='pending' DESC, CASE WHEN state='pending' THEN -priority END, "
+                 "CASE WHEN state='pending' THEN due_ts END, updated_at DESC, id DESC")
+        args = (queue, state) if state else (queue,)
+        return [dict(zip(JOB_COLUMNS, r)) for r in self.db.execute(
+            f"SELECT {cols} FROM jobs WHERE {where} ORDER BY {order} LIMIT ?",
+            (*args, -1 if limit is None else int(limit)))]
+
+    def queue_summary(self, now):
+        """{queue: {state: n, 'ready': n, 'oldest_due': ts}} over every queue with jobs."""
+        result = {}
+        for queue, state, n, ready, oldest in self.db.execute(
+                "SELECT queue, state, count(*), sum(state='pending' AND due_ts<=?), "
+                "min(CASE WHEN state='pending' AND due_ts<=? THEN due_ts END) FROM jobs "
+                "GROUP BY queue, state", (now, now)):
+            entry = result.setdefault(queue, {"ready": 0, "oldest_due": None})
+            entry[state] = n
+            entry["ready"] += ready or 0
+            if oldest is not None:
+                entry["oldest_due"] = oldest
+        return result
+
+    def ahead_of(self, queues, priority, due_ts, job_id, now):
+        """Ready pending jobs a worker serving `queues` (None: all) takes before this one."""
+        where = "" if queues is None else \
+            f" AND queue IN ({','.join('?' * len(queues))})"
+        return self.db.execute(
+            "SELECT count(*) FROM jobs WHERE state='pending' AND due_ts<=? AND id<>? AND "
+            "(priority>? OR (priority=? AND (due_ts<? OR (due_ts=? AND id<?))))" + where,
+            (now, job_id, priority, priority, due_ts, due_ts, job_id,
+             *(queues or ()))).fetchone()[0]
 
     def clear_jobs(self):
         self.db.execute("DELETE FROM jobs")

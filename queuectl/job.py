@@ -23,6 +23,14 @@ INT_FIELDS = ("priority", "max_retries", "attempts")
 TIME_FIELDS = ("run_at", "created_at", "updated_at", "finished_at")
 KNOWN_FIELDS = ("id", "command", "cwd", "timeout", "exit_code", "last_error", "duration_s",
                 *INT_FIELDS, *TIME_FIELDS)
+# Job semantics (issue 11): attempt history, dependencies, retry policy, queue, unique key.
+SEMANTIC_FIELDS = ("history", "history_dropped", "after", "after_any", "retry_on",
+                   "no_retry_on", "queue", "unique_key")
+KNOWN_FIELDS = KNOWN_FIELDS + SEMANTIC_FIELDS
+DEFAULT_QUEUE = "default"
+QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+MAX_AFTER = 1000
+MAX_UNIQUE_KEY = 1024
 # A `state` key in a dropped file is ignored: the directory is the state.
 IGNORED_FIELDS = ("state",)
 PRIORITY_LIMIT = 2**31 - 1
@@ -252,15 +260,29 @@ def loads_object(data):
     return value
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(job):
-    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order. Exactly
-    json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False) + newline; a job whose
-    values are all scalars (every job the queue writes, unless a submitter added nested
-    keys) is written by _dumps_flat, since json's indenting encoder is pure Python."""
-    text = _dumps_flat(job) if job else None
-    if text is None:
-        text = json.dumps(job, indent=2, ensure_ascii=False, allow_nan=False)
-    return (text + "\n").encode()
+    """The on-disk form: pretty enough to `cat`, UTF-8, stable key order, one field per
+    line. A job whose values are all scalars (most jobs) is written by _dumps_flat, exactly
+    json.dumps(job, indent=2); lists of objects (the attempt history) get one record per
+    line, and other nested values are written compactly by json's C encoder (indent=2 would
+    use its slow Python one, which made writing a job with a history several times slower)."""
+    if not job:
+        return b"{}\n"
+    text = _dumps_flat(job)
+    if text is not None:
+        return (text + "\n").encode()
+    parts = []
+    for key, value in job.items():
+        name = _ENCODE(key)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            records = ",\n".join("    " + _ENCODE(v) for v in value)
+            parts.append(f"  {name}: [\n{records}\n  ]")
+        else:
+            parts.append(f"  {name}: {_ENCODE(value)}")
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
 
 
 def _dumps_flat(job):
@@ -423,9 +445,56 @@ def validate(job, stem=None):
     for name in TIME_FIELDS:
         _check_time(job, name, problems)
     _check_optional(job, problems)
+    check_semantics(job, problems)
     if problems:
         raise InvalidJob(problems)
     return job
+
+
+def _exit_codes(job, name, problems):
+    value = job.get(name)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(_is_int(c) and 0 <= c <= 255 for c in value):
+        problems.append(f"{name} must be a list of exit codes 0-255, got {value!r}")
+
+
+def check_semantics(job, problems):
+    """after/after_any, retry_on/no_retry_on, queue, unique_key, history: their types only
+    (whether the ids in `after` exist is checked where the spool can be read)."""
+    after = job.get("after")
+    if after is not None:
+        if not isinstance(after, list) or not all(isinstance(a, str) and ID_RE.match(a)
+                                                  for a in after):
+            problems.append(f"after must be a list of job ids, got {after!r}")
+        elif len(after) > MAX_AFTER:
+            problems.append(f"after lists {len(after)} jobs (at most {MAX_AFTER})")
+        elif job.get("id") is not None and job["id"] in after:
+            problems.append(f"after: job {job['id']!r} cannot depend on itself")
+    if job.get("after_any") is not None and not isinstance(job["after_any"], bool):
+        problems.append(f"after_any must be true or false, got {job['after_any']!r}")
+    _exit_codes(job, "retry_on", problems)
+    _exit_codes(job, "no_retry_on", problems)
+    queue = job.get("queue")
+    if queue is not None and not (isinstance(queue, str) and QUEUE_RE.match(queue)):
+        problems.append("queue must be 1-64 characters of letters, digits, '.', '_' or '-', "
+                        f"starting with a letter or digit, got {queue!r}")
+    key = job.get("unique_key")
+    if key is not None and not (isinstance(key, str) and key and "\x00" not in key and
+                                len(key) <= MAX_UNIQUE_KEY):
+        problems.append(f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} "
+                        f"characters, got {key!r}")
+    history = job.get("history")
+    if history is not None and not (isinstance(history, list) and
+                                    all(isinstance(r, dict) for r in history)):
+        problems.append("history must be a list of objects (written by workers)")
+    dropped = job.get("history_dropped")
+    if dropped is not None and not (_is_int(dropped) and dropped >= 0):
+        problems.append(f"history_dropped must be an integer >= 0, got {dropped!r}")
+
+
+def queue_of(job):
+    return job.get("queue") or DEFAULT_QUEUE
 
 
 def complete(job, defaults, now):

@@ -6,6 +6,8 @@ workers claim from pending and failed, cancel from pending and failed, revive fr
 complete/fail/bury/requeue (processing -> completed|failed|dead|pending), revive and cancel
 and retry go through a claim too, so every rewrite of a job happens under its flock with
 exactly one copy visible outside processing/. reject moves an unusable file to rejected/.
+admit, under the claim just before a run, sends a job that must never run (a failed or
+vanished dependency, a unique key held by another job) to dead/ or rejected/ instead.
 A rewrite that finds its destination taken (a duplicate id) sends the job to rejected/
 instead, so nothing is ever overwritten or lost.
 
@@ -14,6 +16,7 @@ Lifecycle decides and records: a worker hands the end of an attempt over as what
 move records itself (_record: the job's index row and, for the end of an attempt, its
 outcome in the metrics), so no caller counts outcomes."""
 
+from . import history, retry_policy
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob
 from .index import job_row
@@ -31,6 +34,7 @@ MOVES = {
     "fail": ("processing", "failed"),
     "bury": ("processing", "dead"),
     "cancel": ("processing", "dead"),
+    "unrunnable": ("processing", "dead"),      # a dependency failed: dead without an attempt
     "requeue": ("processing", "pending"),
     "revive": ("processing", "pending"),
     "retry": ("processing", "pending"),
@@ -117,6 +121,29 @@ def claim(home, state, job_id):
     return taken
 
 
+def admit(home, claim, doc, now):
+    """Under the claim, just before a run: a job whose dependency failed goes to dead/, one
+    whose dependency no longer exists or whose unique key another live job holds goes to
+    rejected/; it never runs. Returns None if the job may run, else the state it went to."""
+    from . import deps, unique
+    if doc.get("after"):
+        verdict = deps.gate(home.spool, doc)
+        if verdict.status == deps.FAILED:
+            return bury_unrunnable(home, claim, doc, deps.failed_reason(verdict.dep),
+                                   now) or "rejected"
+        if verdict.status == deps.UNKNOWN:
+            reject_claimed(home, claim, deps.unknown_reason(verdict.dep), now)
+            return "rejected"
+    key = doc.get("unique_key")
+    if key is not None:
+        holder = unique.acquire(home.spool, key, doc["id"])
+        if holder is not None:
+            reject_claimed(home, claim, f"duplicate unique key {key!r}: job {holder} holds it",
+                           now)
+            return "rejected"
+    return None
+
+
 def mark_running(home, doc, now):
     """Index a job as running. Called once its command has been spawned, never between the
     claim and the spawn (nothing but the spawn may delay a job's start)."""
@@ -174,7 +201,25 @@ def _finish(home, claim, doc, move, now, wait_s=None, run_s=None):
                   claim.job_id, dest, exc, moved)
         return None
     _record(home, move, doc, dest, now, wait_s, run_s)
+    if dest in FINAL_STATES:
+        _finished(home, doc, dest)
     return dest
+
+
+FINAL_STATES = ("completed", "dead")
+
+
+def _finished(home, doc, dest):
+    """A job reached completed/ or dead/: free its unique key, run the hooks. Neither may
+    affect the job (it has already moved): failures are logged."""
+    from . import hooks, unique
+    if doc.get("unique_key") is not None:
+        try:
+            unique.release(home.spool, doc["unique_key"], doc["id"])
+        except OSError as exc:
+            log.error("could not free unique key of %s: %s (queuectl fsck --repair)",
+                      doc["id"], exc)
+    hooks.job_finished(home, doc, dest)
 
 
 def complete(home, claim, doc, result, now, wait_s=None):
@@ -192,11 +237,14 @@ def fail(home, claim, doc, error, exit_code, duration_s, now, wait_s=None):
     """Count the attempt; retry later with backoff, or bury once retries are exhausted."""
     doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=exit_code, last_error=error,
                duration_s=duration_s, finished_at=jobmod.iso(now))
-    if jobmod.is_exhausted(doc):
-        return bury(home, claim, doc, now, wait_s)
     settings = home.settings
+    permanent = retry_policy.permanent_reason(doc, exit_code, settings)
+    if permanent or jobmod.is_exhausted(doc):
+        history.note(doc, f"dead: {permanent or 'retries exhausted'}")
+        return bury(home, claim, doc, now, wait_s)
     delay = jobmod.retry_delay(doc["attempts"], settings.backoff_base, settings.backoff_max)
     doc["run_at"] = jobmod.iso(now + delay)
+    history.note(doc, f"retry at {doc['run_at']}")
     state = _finish(home, claim, doc, "fail", now, wait_s, duration_s)
     log.info("failed %s (attempt %d of %d): %s; retry in %gs", doc["id"], doc["attempts"],
              doc["max_retries"] + 1, error, delay)
@@ -208,6 +256,15 @@ def bury(home, claim, doc, now, wait_s=None):
     state = _finish(home, claim, doc, "bury", now, wait_s, doc.get("duration_s"))
     log.warning("dead %s after %d attempts: %s", doc["id"], doc["attempts"],
                 doc.get("last_error"))
+    return state
+
+
+def bury_unrunnable(home, claim, doc, reason, now):
+    """A job that can never run (a dependency failed): to dead/ without an attempt."""
+    doc.update(last_error=reason, finished_at=jobmod.iso(now))
+    doc.pop("run_at", None)
+    state = _finish(home, claim, doc, "unrunnable", now)
+    log.warning("dead %s: %s", doc["id"], reason)
     return state
 
 
@@ -314,12 +371,31 @@ def recover(home, job_id, now):
         doc = parse_claimed(home, held, now)
     except (InvalidJob, NotAJobFile) as exc:
         return reject_claimed(home, held, f"unreadable in processing/: {exc}", now) and "rejected"
-    log.warning("recovery: %s had no live worker (worker died)", job_id)
     try:
+        unrun = _never_ran(home, held, doc, now)
+        if unrun is not None:
+            return unrun
+        log.warning("recovery: %s had no live worker (worker died)", job_id)
+        history.append(doc, history.from_log(doc, home.spool.output_path(job_id), now))
         return fail(home, held, doc, "worker died", None, None, now)
     finally:
         if held.fd >= 0:     # the move failed (a full disk): unlock it for the next try
             home.spool.release(held, unlink=False)
+
+
+def _never_ran(home, held, doc, now):
+    """An orphan whose dependencies were not all completed cannot have run (a job runs only
+    once they are, and completed is final): its worker died between the claim and putting it
+    back or burying it. Finish that move instead of counting an attempt. None otherwise."""
+    if not doc.get("after"):
+        return None
+    from . import deps
+    verdict = deps.gate(home.spool, doc)
+    if verdict.status == deps.FAILED:
+        return bury_unrunnable(home, held, doc, deps.failed_reason(verdict.dep), now)
+    if verdict.status == deps.BLOCKED:
+        return requeue(home, held, doc, now, reason=f"waits for dependency {verdict.dep}")
+    return None
 
 
 def _is_leftover(home, held, state, now):

@@ -7,7 +7,8 @@ rejected, backlog{ready, scheduled, oldest_ready_age_s}, totals{completed, faile
 attempt, including those a recovery counted), dead (jobs that exhausted their retries),
 requeued, cancelled}, dlq_size, throughput_per_min{1m,5m,15m}, queue_wait_s{p50,p95,count},
 run_time_s{p50,p95,count}, workers[...], last_heartbeat_age_s, worker_summary{total, busy,
-idle, other, uptime_s, cpu_percent, rss_mb} (CPU and memory include the jobs' processes).
+idle, other, uptime_s, cpu_percent, rss_mb} (CPU and memory include the jobs' processes),
+queues[...] (per queue: backlog, oldest ready, workers serving it; see queues.summary).
 
 Also a worker's own reporting: its heartbeat row and the Prometheus textfile (heartbeat,
 write_textfile), best effort: nothing here may stop a worker."""
@@ -99,6 +100,7 @@ def report(home, workers, ingest_first=True):
         "last_heartbeat_age_s": round(time.time() - max(beats), 3) if beats else None,
         "worker_summary": dict(worker_summary(workers, time.time()), **_usage(workers)),
         "workers": [_worker(w) for w in workers],
+        "queues": _queues(home, workers, now),
     }
 
 
@@ -109,6 +111,11 @@ def _usage(workers):
     rss = [w["rss_bytes"] for w in live if w.get("rss_bytes")]
     return {"cpu_percent": round(sum(cpu), 1) if cpu else None,
             "rss_mb": round(sum(rss) / 1048576, 1) if rss else None}
+
+
+def _queues(home, workers, now):
+    from .queues import summary
+    return summary(home, workers, now)
 
 
 def _worker(row):

@@ -67,9 +67,10 @@ def supervisors(home):
     return result
 
 
-def start(home, count, wait_seconds=20):
-    """Start a detached supervisor with `count` workers; returns its record once they all
-    heartbeat. QueueError if they don't come up in time."""
+def start(home, count, wait_seconds=20, queues=None):
+    """Start a detached supervisor with `count` workers (taking only jobs of `queues`, or
+    every queue); returns its record once they all heartbeat. QueueError if they don't come
+    up in time."""
     home.spool.ensure_layout()
     home.make_data_dir("logs")
     from .security import check_spool
@@ -79,7 +80,7 @@ def start(home, count, wait_seconds=20):
         proc = subprocess.Popen(
             [sys.executable, "-m", "queuectl", "--home", home.home, "--spool", home.spool_dir,
              "--data", home.data_dir, "worker", "start", "--foreground", "--count", str(count),
-             "--quiet"],
+             "--quiet", *(["--queue", ",".join(queues)] if queues else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + wait_seconds
     wanted = supervisor_id(proc.pid, runner.process_started(proc.pid))
@@ -95,13 +96,22 @@ def start(home, count, wait_seconds=20):
                      f"{home.path('logs', 'queuectl.log')}")
 
 
-def stop(home, timeout):
-    """Ask every live supervisor of this home to stop gracefully and wait. After `timeout`
-    seconds, running jobs are killed and requeued (SIGUSR1); after a further grace, anything
-    left is SIGKILLed (recovery then takes over). Stale records are removed."""
+def serves(record, queue):
+    """Was this supervisor started for `queue` (`worker start --queue`)? Pools started
+    without --queue take every queue but are not selected by name."""
+    return queue in (record.get("queues") or ())
+
+
+def stop(home, timeout, queue=None):
+    """Ask every live supervisor of this home (only the pools started with --queue `queue`,
+    when given) to stop gracefully and wait. After `timeout` seconds, running jobs are
+    killed and requeued (SIGUSR1); after a further grace, anything left is SIGKILLed
+    (recovery then takes over). Stale records are removed."""
     report = []
     live = []
     for record, alive in supervisors(home):
+        if queue is not None and not serves(record, queue):
+            continue
         if alive is None:
             report.append(f"skipped supervisor {record['pid']} on host {record['host']}")
         elif not alive:
@@ -112,7 +122,8 @@ def stop(home, timeout):
             _signal_same(record["host"], record["pid"], record.get("started_at"), signal.SIGTERM)
             live.append(record)
     if not live:
-        return report + ["no workers were running"]
+        return report + ["no workers were running" if queue is None else
+                         f"no workers of queue {queue!r} were running"]
     escalations = [(timeout, signal.SIGUSR1), (timeout + KILL_GRACE_SECONDS, signal.SIGKILL)]
     started = time.monotonic()
     while True:

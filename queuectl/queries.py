@@ -76,6 +76,8 @@ def status(home, workers=()):
     counts.update(home.index.counts())
     ready, scheduled, oldest_due = home.index.ready_summary(now)
     shared, filesystem = home.shared_spool()
+    from .queues import summary
+    workers = list(workers)
     return {
         "home": home.home, "spool": home.spool_dir, "data": home.data_dir,
         "counts": counts, "rejected": home.index.rejected_count(),
@@ -89,7 +91,8 @@ def status(home, workers=()):
                                                           foreign_after(home.settings), now)],
         "worker_summary": worker_summary(workers, now),
         "spool_shared": shared, "filesystem": filesystem,
-        "workers": list(workers),
+        "workers": workers,
+        "queues": summary(home, workers, now),
     }
 
 

@@ -38,4 +38,18 @@ def recover_all(home):
                      "dead": "worker died: retries exhausted, moved to dead",
                      "rejected": "unreadable: moved to rejected"}.get(result, result)
             done.append({"id": job_id, "result": label, "state": result})
+    done += free_stale_keys(home, now)
     return done
+
+
+def free_stale_keys(home, now):
+    """Unique keys whose job is no longer pending, failed or processing (a crash between
+    the job's last move and freeing its key): removed, so the key can be used again."""
+    from . import unique
+    unique.remove_old_tmp(home.spool, now)
+    freed = []
+    for name, holder, key in unique.stale_keys(home.spool, now):
+        if unique.remove_stale(home.spool, name, now):
+            freed.append({"id": holder, "state": "key-freed",
+                          "result": f"freed unique key {key!r} (its job had finished)"})
+    return freed

@@ -102,7 +102,8 @@ def job_table(rows, now=None, width=None):
 
 def status_text(report):
     counts = report["counts"]
-    lines = [f"home: {report['home']}"]
+    lines = [f"home: {report['home']}" + (f"  queue: {report['queue']}" if report.get("queue")
+                                          else "")]
     if report["spool"] != f"{report['home']}/spool" or report["data"] != f"{report['home']}/data":
         lines.append(f"spool: {report['spool']}  data: {report['data']}")
     if report.get("spool_shared"):
@@ -123,9 +124,24 @@ def status_text(report):
         shown = ", ".join(f["where"] for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         lines.append(f"{len(foreign)} file{'s' if len(foreign) != 1 else ''} in pending/ "
                      f"will never run (hidden or not *.json): {shown}; see queuectl fsck")
+    if _named_queues(report.get("queues")):
+        lines.append("")
+        lines.append(queues_text(report["queues"]))
     lines.append("")
     lines.append(workers_text(report["workers"], report["worker_summary"]))
     return "\n".join(lines)
+
+
+def _named_queues(queues):
+    """Show the per-queue table only once there is more than the default queue."""
+    return queues and [q["queue"] for q in queues] != [jobmod.DEFAULT_QUEUE]
+
+
+def queues_text(queues):
+    return "queues:\n" + table(
+        ["QUEUE", "READY", "SCHED", "RUNNING", "FAILED", "DEAD", "OLDEST", "WORKERS"],
+        [[q["queue"], q["ready"], q["scheduled"], q["processing"], q["failed"], q["dead"],
+          age(q["oldest_ready_age_s"]), f"{q['busy']}/{q['workers']} busy"] for q in queues])
 
 
 def workers_line(summary):
@@ -166,7 +182,7 @@ def show_text(info):
     doc = info.get("job") or {}
     frozen = jobmod.frozen_text(doc.get("command"))
     for key, value in doc.items():
-        if key in ("id", "last_error"):
+        if key in ("id", "last_error", "history"):
             continue
         if key == "command" and frozen:
             value = command_label(doc)
@@ -185,11 +201,13 @@ def show_text(info):
 PAUSED_NOTE = "\nthe queue is paused: workers claim nothing until `queuectl resume`"
 
 
-def started_text(started, count, home, paused):
+def started_text(started, count, home, paused, queues=None):
     pids = started["workers"]
     which = f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(map(str, pids))}"
+    serving = (f"\nqueue{'s' if len(queues) > 1 else ''}: {', '.join(queues)}"
+               if queues else "")
     return (f"started supervisor {started['supervisor_pid']} with {count} worker"
-            f"{'s' if count != 1 else ''} ({which})\nhome: {home}" +
+            f"{'s' if count != 1 else ''} ({which})\nhome: {home}" + serving +
             (PAUSED_NOTE if paused else ""))
 
 
@@ -203,6 +221,22 @@ def init_text(paths, existed):
     return "\n".join([first, f"spool:   {paths['spool']}",
                       f"pending: {paths['pending']}  (drop job files here)",
                       f"data:    {paths['data']}", f"index:   {paths['index']}"])
+
+
+def history_text(doc):
+    """The attempt history as a table (the output tails are in show --json and the file)."""
+    rows = []
+    for number, record in enumerate(doc.get("history") or []):
+        if number == 3 and doc.get("history_dropped"):
+            rows.append(["...", f"({doc['history_dropped']} attempts not kept)", "", "", "",
+                         "", ""])
+        rows.append([record.get("attempt"), record.get("started_at"),
+                     _fmt(record.get("duration_s"), "s"), record.get("worker"),
+                     str(record.get("outcome") or "-") +
+                     (f" ({record['signal']})" if record.get("signal") else ""),
+                     record.get("exit_code"), record.get("next") or ""])
+    return "history:\n" + table(["#", "STARTED", "TOOK", "WORKER", "OUTCOME", "EXIT", "NEXT"],
+                                 rows)
 
 
 def config_text(rows, width=None):
@@ -268,6 +302,8 @@ def metrics_text(m, width=None):
                 "-" if w["rss_mb"] is None else f"{w['rss_mb']:.1f}"] for w in m["workers"]],
             width=terminal_width() if width is None else width, flex=headers.index("JOB"),
             ellipsis=False)]
+    if _named_queues(m.get("queues")):
+        lines += ["", queues_text(m["queues"])]
     return "\n".join(lines)
 
 
@@ -312,6 +348,14 @@ def prometheus_text(m):
             out.append(f'{name}{{quantile="{labels["quantile"]}"}} {_number(value)}')
         out.append(f"{name}_sum {_number(data['sum'])}")
         out.append(f"{name}_count {data['count']}")
+    queues = m.get("queues") or []
+    metric("queuectl_queue_ready_jobs", "gauge", "Ready pending jobs per queue.",
+           [({"queue": q["queue"]}, q["ready"]) for q in queues])
+    metric("queuectl_queue_oldest_ready_age_seconds", "gauge",
+           "Age of the oldest ready job per queue.",
+           [({"queue": q["queue"]}, q["oldest_ready_age_s"] or 0) for q in queues])
+    metric("queuectl_queue_workers", "gauge", "Live workers serving each queue.",
+           [({"queue": q["queue"]}, q["workers"]) for q in queues])
     workers = m["workers"]
     metric("queuectl_worker_up", "gauge", "1 for a live worker, 0 for a stale one.",
            [(_wlabels(w), 0 if w["stale"] else 1) for w in workers])

@@ -141,6 +141,9 @@ def _size_bound(doc):
     return total
 
 
-def enqueue(home, docs, overrides, now=None):
+def enqueue(home, docs, overrides, now=None, if_exists="error"):
+    """Build and publish; with if_exists='skip' a job whose unique key is taken is not
+    added and the id of the job holding the key is returned in its place."""
+    from . import admit
     now = home.clock() if now is None else now
-    return lifecycle.publish(home, build(home, docs, overrides, now), now)
+    return admit.publish(home, build(home, docs, overrides, now), now, if_exists)

@@ -39,9 +39,10 @@ def records_dir(home):
 
 
 class Supervisor:
-    def __init__(self, home, count):
+    def __init__(self, home, count, queues=None):
         self.home = home
         self.count = count
+        self.queues = list(queues) if queues else None     # None: every queue
         self.pid = os.getpid()
         self.started_at = runner.process_started(self.pid)
         self.supervisor_id = supervisor_id(self.pid, self.started_at)
@@ -98,6 +99,7 @@ class Supervisor:
         self.home.make_data_dir("supervisors")
         record = {"host": runner.HOSTNAME, "pid": self.pid, "started_at": self.started_at,
                   "count": self.count, "workers": sorted(self.children),
+                  "queues": self.queues,
                   # A pid alone may be reused by the time `worker stop` signals it.
                   "worker_started_at": {str(pid): self.child_starts.get(pid)
                                         for pid in sorted(self.children)},
@@ -125,7 +127,7 @@ class Supervisor:
                     os._exit(0)            # the supervisor died before prctl took effect
                 os.close(self.report_r)
                 home = Home(self.home.home, self.home.spool_dir, self.home.data_dir)
-                code = run_worker(home, self.supervisor_id, self._reporter())
+                code = run_worker(home, self.supervisor_id, self._reporter(), self.queues)
             except BaseException:
                 logging.getLogger("queuectl").exception("worker crashed")
             finally:
@@ -327,11 +329,11 @@ def _describe(status):
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
-def run_foreground(home, count):
+def run_foreground(home, count, queues=None):
     from .security import check_spool
     home.spool.ensure_layout()
     check_spool(home)
     home.configure_logging("supervisor")
-    supervisor = Supervisor(home, count)
+    supervisor = Supervisor(home, count, queues)
     supervisor.write_record()
     return supervisor.run()

@@ -22,9 +22,10 @@ import signal
 import time
 
 from . import job as jobmod
-from . import control, lifecycle, metrics, recovery, runner, watcher
+from . import control, history, hooks, lifecycle, metrics, recovery, runner, watcher
 from .ingest import Verdict, judge, settle
 from .picker import Picker
+from .setaside import SetAside
 from .spool import DOWN_ERRNOS, LostClaim, NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
@@ -46,8 +47,9 @@ EXIT_SPOOL_DOWN = 75         # EX_TEMPFAIL: the supervisor restarts us later
 
 
 class Worker:
-    def __init__(self, home, supervisor=None, report_job=None):
+    def __init__(self, home, supervisor=None, report_job=None, queues=None):
         self.home = home
+        self.aside = SetAside(home.spool, queues)    # other queues' jobs, blocked jobs
         home.index.set_busy_timeout(INDEX_WAIT_SECONDS)
         home.group_index_updates()
         self.next_flush = 0.0
@@ -111,6 +113,9 @@ class Worker:
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
         if verdict.doc is not None:
+            if self.aside.check(state, stem, verdict.doc):
+                self.picker.forget(state, stem)
+                return
             self.picker.add(state, stem, verdict.doc.get("priority", 0),
                             lifecycle._due(verdict.doc, now))
             if len(self.judged) < JUDGED_KEPT:
@@ -121,6 +126,11 @@ class Worker:
         self.judged.pop((state, stem), None)
         if not settle(self.home, state, name, verdict, now):
             self.unsettled[(state, name)] = verdict.until
+
+    def _unblock(self, dep, now):
+        """A dependency finished (our own move): look at the jobs waiting for it now."""
+        for state, job_id in self.aside.finished(dep):
+            self.consider(state, job_id + jobmod.JOB_SUFFIX, now)
 
     def full_scan(self, now):
         """Re-list pending/ and failed/: forget what vanished, consider what is new."""
@@ -134,8 +144,13 @@ class Worker:
                     self.picker.forget(*key)
             for key in [k for k in self.judged if k[0] == state and k[1] not in present]:
                 del self.judged[key]
-            new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker]
-            hints = self._index_hints(state) if len(new) > HINT_THRESHOLD else {}
+            for key in self.aside.rescan(state, present):
+                self.consider(state, key[1] + jobmod.JOB_SUFFIX, now)
+            new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker
+                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.aside]
+            # Hints carry no queue: a worker of some queues reads the files instead.
+            hints = self._index_hints(state) if len(new) > HINT_THRESHOLD and \
+                self.aside.queues is None else {}
             for name in new:
                 stem = name[:-len(jobmod.JOB_SUFFIX)]
                 if stem in hints:
@@ -243,12 +258,14 @@ class Worker:
                 continue
             if held is not None:
                 try:
-                    return self._take(held, now)
+                    taken = self._take(held, now)
                 except BaseException:
                     if held.fd >= 0:     # unlocked in processing/: recovery retries it
                         self.home.spool.release(held, unlink=False)
                     self.current = None
                     raise
+                if taken is not None:
+                    return taken
 
     def _unclaimable(self, state, job_id, exc, now):
         """A file the claim could not open or lock as a job. The claim is the judge: it
@@ -306,6 +323,12 @@ class Worker:
             lifecycle.reject_claimed(self.home, held, f"duplicate id: {held.job_id!r} is "
                                      f"already in {elsewhere[0]}/", now)
             return True
+        if self.aside.check(held.origin, held.job_id, doc):
+            lifecycle.unclaim(self.home, held)     # blocked, or another queue's: not ours
+            return None
+        if lifecycle.admit(self.home, held, doc, now) is not None:
+            self._unblock(doc["id"], now)          # buried or rejected instead of run
+            return True
         self._run(held, doc)
         return True
 
@@ -317,11 +340,12 @@ class Worker:
         self.current = doc["id"]
         self.current_claim = held
         home.spool.ensure_output()
+        started = time.time()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
             runner.job_environment(doc["id"], attempt, home.home, self.environ), held.fd,
             home.spool.output_path(doc["id"]),
-            runner.header(doc["id"], attempt, self.label, jobmod.iso(time.time())))
+            runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
         lifecycle.mark_running(home, doc, self.clock())
         self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         timeout = doc.get("timeout") or home.settings.job_timeout
@@ -340,6 +364,9 @@ class Worker:
                       "recovery", self.label, doc["id"], lost)
             self.next_recovery = 0.0
             return
+        history.append(doc, history.from_run(
+            doc, started, time.time(), self.label, result, home.spool.output_path(doc["id"]),
+            getattr(running, "log_start", None), getattr(running, "cancelled", False)))
         now = self.clock()
         try:
             state = lifecycle.finish_attempt(home, held, doc, result, now)
@@ -351,6 +378,7 @@ class Worker:
                       doc["id"], exc)
             self.next_recovery = 0.0
             return
+        self._unblock(doc["id"], now)      # its dependents may be ready now
         if result.ok and not result.cancelled:
             self.jobs_done += 1
         elif not result.stopped and not result.cancelled:
@@ -444,6 +472,7 @@ class Worker:
             self.home.index_update("heartbeat", self.home.index.heartbeat, record)
             return
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
+        hooks.reap()
         self.home.flush_index()
         written = metrics.heartbeat(self.home, record, self.label, ingest_first=not busy)
         self._stats = (written["cpu_percent"], written["rss_bytes"])
@@ -518,6 +547,7 @@ class Worker:
                     home.spool.remove_worker(self.worker_id)
                 except OSError:
                     pass
+            hooks.drain()
             log.info("%s stopped (%d done, %d failed attempts)", self.label, self.jobs_done,
                      self.jobs_failed)
         return code
@@ -584,9 +614,10 @@ class Worker:
         return False
 
 
-def run_worker(home, supervisor=None, report_job=None):
-    """Entry point for a worker process (after fork or from `worker run`)."""
+def run_worker(home, supervisor=None, report_job=None, queues=None):
+    """Entry point for a worker process (after fork or from `worker run`); `queues` limits
+    it to jobs of those queues (None: every queue)."""
     home.configure_logging("worker")
-    worker = Worker(home, supervisor, report_job)
+    worker = Worker(home, supervisor, report_job, queues)
     worker.install_signals()
     return worker.loop()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
-SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output")
+SPOOL_DIRS = ("tmp", *JOB_STATES, "rejected", "output", "keys")
 BAD_DROP = b'{"command": "echo half'          # a drop-in cut off mid-write
 DUPLICATE_DROP = b'{"command": "echo again"}\n'  # a drop-in reusing a finished job's id
 FOREIGN_ENV = ("QUEUECTL_HOME", "QUEUECTL_SPOOL", "QUEUECTL_DATA", "QUEUECTL_FAULT",
@@ -164,6 +164,21 @@ def setup_many(home):
     home.index.clear_jobs()      # a lost index: reindex rebuilds it from the spool
 
 
+def setup_unique(home):
+    from queuectl import unique
+    _job(home, "j1", "pending", time.time(), unique_key="k1")
+    assert unique.acquire(home.spool, "k1", "j1") is None
+    _index(home)
+
+
+def setup_dependent(home):
+    now = time.time()
+    _job(home, "d0", "dead", now, max_retries=0, attempts=1, exit_code=1,
+         last_error="exit code 1")
+    _job(home, "j1", "pending", now, after=["d0"])
+    _index(home)
+
+
 def _iso(ts):
     from queuectl import job as jobmod
     return jobmod.iso(ts)
@@ -209,6 +224,11 @@ TRANSITIONS = {t.name: t for t in (
                attempts={"j1": 0}),
     Transition("retry-now", setup_failed_waiting, {"j1": {"failed", "pending"}},
                attempts={"j1": 1}),
+    Transition("enqueue-unique", setup_empty, {}, maybe=("j1",), attempts={"j1": 0}),
+    Transition("complete-unique", setup_unique, {"j1": {"pending", "failed", "completed"}},
+               attempts={"j1": 1}),
+    Transition("bury-dependent", setup_dependent, {"d0": {"dead"}, "j1": {"pending", "dead"}},
+               attempts={"j1": 0}),
     Transition("reindex", setup_many, {"p1": {"pending"}, "f1": {"failed"},
                                        "c1": {"completed"}, "d1": {"dead"}}),
 )}
@@ -325,6 +345,14 @@ def drive(home_dir, name):
         lifecycle.publish(home, [lifecycle.prepare(home, {"id": "j1", "command": "true"}, now)],
                           now)
         _ack("j1", "pending")
+    elif name == "enqueue-unique":
+        from queuectl import admit, lifecycle
+        doc = lifecycle.prepare(home, {"id": "j1", "command": "true", "unique_key": "k1"}, now)
+        admit.publish(home, [doc], now)
+        _ack("j1", "pending")
+    elif name in ("complete-unique", "bury-dependent"):
+        assert _worker_once(home)
+        _ack("j1", _where(home, "j1"))
     elif name in ("enqueue-batch", "enqueue-batch-syncfs"):
         from queuectl import lifecycle, spool
         ids = ("b1", "b2", "b3") if name == "enqueue-batch" else ("s1", "s2", "s3")
@@ -499,6 +527,7 @@ def check_spool(home_dir, transition, acked, known_before=(), index=True, reason
             problems.append(f"acknowledged rejection {name} has reason "
                             f"{rejection_reasons(home_dir).get(name)!r}, acknowledged with "
                             f"{reasons.get(name)!r}")
+    problems += _check_keys(home_dir, where)
     if index:
         home = Home(home_dir)
         try:
@@ -515,6 +544,29 @@ def check_spool(home_dir, transition, acked, known_before=(), index=True, reason
                                 f"{sorted(home.index.rejected_names())}")
         finally:
             home.close()
+    return problems
+
+
+def _check_keys(home_dir, where):
+    """Unique keys after recovery: none held for a job that has finished, and a pending or
+    failed job's key held by that job or free (it is taken again when the job is claimed)."""
+    from queuectl import unique
+    from queuectl.home import Home
+    home = Home(home_dir)
+    problems = []
+    try:
+        for job_id, copies in where.items():
+            state, doc = copies[0]
+            key = (doc or {}).get("unique_key")
+            if key is None:
+                continue
+            owner = unique.owner(home.spool, key)
+            if state in ("completed", "dead") and owner == job_id:
+                problems.append(f"unique key {key!r} still held by finished job {job_id}")
+            if state in ("pending", "failed") and owner not in (None, job_id):
+                problems.append(f"unique key {key!r} of {job_id} held by {owner}")
+    finally:
+        home.close()
     return problems
 
 

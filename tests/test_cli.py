@@ -17,8 +17,9 @@ from queuectl import job as jobmod
 
 ID_PATTERN = r"[0-9a-hjkmnp-tv-z]{11}-[0-9a-hjkmnp-tv-z]{7}"
 JOB_DIRS = ("tmp", "pending", "processing", "failed", "completed", "dead", "rejected")
-VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
-              "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
+VALID_KEYS = ("backoff_base, backoff_max, completed_retention, hook_timeout, job_timeout, "
+              "log_level, max_job_bytes, max_retries, metrics_textfile, on_dead, on_finish, "
+              "permanent_exit_codes, retry_exit_codes, settle_seconds, "
               "shutdown_timeout, spool_shared, worker_poll_interval")
 
 

@@ -15,8 +15,9 @@ from queuectl.errors import InvalidConfig
 from queuectl.home import Home
 from queuectl.settings_store import set_value, unset_value
 
-VALID_KEYS = ("backoff_base, backoff_max, completed_retention, job_timeout, log_level, "
-              "max_job_bytes, max_retries, metrics_textfile, settle_seconds, "
+VALID_KEYS = ("backoff_base, backoff_max, completed_retention, hook_timeout, job_timeout, "
+              "log_level, max_job_bytes, max_retries, metrics_textfile, on_dead, on_finish, "
+              "permanent_exit_codes, retry_exit_codes, settle_seconds, "
               "shutdown_timeout, spool_shared, worker_poll_interval")
 
 

@@ -2,6 +2,9 @@
 (the supervisor restarts it), jobs enqueued by real `queuectl enqueue -` producers meanwhile.
 Each job sleeps 20-200 ms (torture.STORM_BODY) holding a per-id lock for its whole life, so a
 job two workers both hold would run twice at once and say so.
+The storms' jobs include dependencies (a dependent never starts before its dependency's
+completing run ended) and unique keys (every key freed at the end, after fsck --repair for a
+kill between a job's last move and freeing its key).
 
 Checked twice: first as the running workers left the spool (processing/ emptied by their own
 recovery, polled with a deadline; no manual repair) with the workers' own index rows read
@@ -22,6 +25,7 @@ storm 150 x 1, the planted storms 100 and 150 jobs, the producer test 12 batches
 in three killed). `pytest -m stress` runs both storms at 2,000 x 3 and 10,000 x 20 and 99
 producer batches of 500. Seeds are recorded (set TORTURE_SEED to replay one)."""
 
+import json
 import os
 import random
 import signal
@@ -47,12 +51,53 @@ STORM_SETTINGS = {"max_retries": 1000,     # a job hit by many kills must not go
                   "backoff_max": 0}        # ... nor wait out a backoff: retry at once
 
 
+# The job mix: every DEP_EVERY-th job waits for the job before it in its batch (`after`),
+# every KEY_EVERY-th holds a unique key of its own (taken at enqueue, freed when it ends).
+DEP_EVERY, KEY_EVERY = 4, 3
+
+
+def mixed_lines(ids, command):
+    jobs = []
+    for n, job_id in enumerate(ids):
+        job = {"id": job_id, "command": command}
+        if n % DEP_EVERY == DEP_EVERY - 1:
+            job["after"] = [ids[n - 1]]
+        if n % KEY_EVERY == 0:
+            job["unique_key"] = f"key-{job_id}"
+        jobs.append(json.dumps(job) + "\n")
+    return "".join(jobs)
+
+
+def enqueue_mixed(home, ids, command):
+    return qctl(home, "enqueue", "-", input=mixed_lines(ids, command), timeout=600).stdout.split()
+
+
+def assert_mix_held(home, report, ids):
+    """A dependent's first run started after its dependency's completing run ended; every
+    unique key was freed (a worker killed between a job's last move and freeing its key
+    leaves a stale key: fsck --repair removes it)."""
+    dependents = 0
+    for job_id in ids:
+        job = json.loads((home / "spool" / "completed" / f"{job_id}.json").read_bytes())
+        for dep in job.get("after", ()):
+            dep_ends = [r.end_ns for r in report.runs.get(dep, []) if r.end_ns]
+            first_start = min(r.start_ns for r in report.runs[job_id])
+            # >=: the job command's clock (/proc/uptime) ticks in 10 ms steps.
+            assert dep_ends and first_start >= max(dep_ends), (job_id, dep)
+            dependents += 1
+    assert dependents >= len(ids) // DEP_EVERY - len(ids) // BATCH - 1
+    qctl(home, "fsck", "--repair", check=False)
+    keys = home / "spool" / "keys"
+    assert [k for k in os.listdir(keys) if not k.startswith(".")] == []
+
+
 def produce(home, ids, command):
     """Enqueue `ids` in batches by PRODUCERS concurrent `enqueue -` calls; returns the ids
     printed (acknowledged), asserting that every batch was acknowledged whole."""
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
     with ThreadPoolExecutor(PRODUCERS) as executor:
-        printed = list(executor.map(lambda batch: enqueue(home, batch, command), batches))
+        printed = list(executor.map(lambda batch: enqueue_mixed(home, batch, command),
+                                    batches))
     for batch, out in zip(batches, printed):
         assert out == batch
     return [i for out in printed for i in out]
@@ -118,6 +163,8 @@ def run_storm(home, workers, wait_until, name, jobs, rounds, signum, body=STORM_
            round_s="/".join(f"{t:.1f}" for t in round_times), recover=recovered[:60])
     print(f"[torture] {name}: as the workers left it: {as_left.summary()}")
     print(f"[torture] {name}: after queuectl recover: {after.summary()}")
+    if env is None:                     # planted bugs lose jobs: the mix check is for real runs
+        assert_mix_held(home, after, acknowledged)
     return as_left, after, storm, lag
 
 
