@@ -123,6 +123,10 @@ class Home:
         if time.monotonic() < self._index_paused_until:
             return None
         try:
+            # A connection must never outlive its file: after a reindex replaced queue.db,
+            # SQLite would open the new -wal/-shm by name beside the old file and corrupt
+            # the fresh index.
+            self.index.reopen_if_replaced()
             return fn(*args)
         except Exception as exc:     # any sqlite error, a full disk, a locked database
             log.warning("index update failed after %s: %s (the spool is unchanged; "
@@ -131,6 +135,8 @@ class Home:
                 self._index_paused_until = time.monotonic() + INDEX_PAUSE_SECONDS
                 log.warning("the index is locked by another process; skipping index "
                             "updates for %ds", INDEX_PAUSE_SECONDS)
+            else:
+                self.index.close()   # a broken connection is not reused: reconnect next time
             return None
 
     def group_index_updates(self):
