@@ -132,8 +132,8 @@ def test_stop_removes_stale_records_and_signals_nobody_it_does_not_own(pool, hom
 
         # The same next to a live supervisor: it is stopped, the stale record removed.
         live_sup, live_workers = started(pool.start(1))
-        record = json.loads((home / "data" / "supervisors" / f"{HOST}-{live_sup}.json")
-                            .read_text())
+        [record_path] = (home / "data" / "supervisors").glob(f"{HOST}-{live_sup}-*.json")
+        record = json.loads(record_path.read_text())
         assert record["worker_started_at"] == {
             str(pid): psutil.Process(pid).create_time() for pid in live_workers}
         write_record(home, stranger.pid, created + 7200, workers=[stranger.pid])
