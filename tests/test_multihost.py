@@ -28,8 +28,8 @@ def host_job_command(results, body=""):
         (Path(results) / name).mkdir(parents=True, exist_ok=True)
     (Path(results) / "locks").mkdir(parents=True, exist_ok=True)
     command = job_command(results, body)
-    assert 'f="$R/w$PPID.log"' in command
-    return command.replace('f="$R/w$PPID.log"', 'f="$R/$QTEST_HOST/w$PPID.log"')
+    assert 'f="$R/w$W.log"' in command
+    return command.replace('f="$R/w$W.log"', 'f="$R/$QTEST_HOST/w$W.log"')
 
 
 def check_runs(results, spool, acknowledged):
