@@ -48,7 +48,11 @@ def _read(path):
         text = os.pread(fd, 8192, 0).decode("utf-8", "replace")
     finally:
         os.close(fd)
-    owner, _, key = text.partition("\n")
+    owner, sep, key = text.partition("\n")
+    if not sep or not key.endswith("\n"):
+        # Torn: the content is written unsynced before the link, so a power cut can leave
+        # any prefix of it. Such a key file names nobody: it is stale at once.
+        return "", None, st
     return owner.strip(), key.rstrip("\n"), st
 
 
@@ -67,7 +71,7 @@ def live_owner(spool, key):
 
 def is_stale(spool, owner_id, st, now=None):
     if not owner_id:
-        return True     # empty: a power cut lost its unsynced content (written before link)
+        return True     # empty or torn: a power cut lost its unsynced content (see _read)
     where = spool.find(owner_id)
     if any(state in LIVE_STATES for state in where):
         return False
@@ -133,7 +137,7 @@ def acquire(spool, key, job_id):
         return holder if holder != job_id else None
     finally:
         try:
-            os.unlink(tmp)
+            fsops.unlink(tmp)         # through fsops: crash and power-loss tests see it
         except FileNotFoundError:
             pass
 

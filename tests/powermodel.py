@@ -162,7 +162,8 @@ def visible(half):
     return parent(half.path) not in HIDDEN_DIRS
 
 
-def crash_states(initial, ops, strict=False, acks_at=(), with_hidden=False):
+def crash_states(initial, ops, strict=False, acks_at=(), with_hidden=False,
+                 every_prefix=True):
     """Yield (n, entries, contents, lost units, units) for every state a power cut before op n may
     leave (see the module docstring). n runs over every cut after which something can
     differ: a directory operation, a write, an fsync, or an ACK. with_hidden=True keeps the
@@ -184,7 +185,7 @@ def crash_states(initial, ops, strict=False, acks_at=(), with_hidden=False):
                 lost_ids = {id(u) for u in lost}
                 entries = apply(entries0, units, lost_ids, with_hidden)
                 live = set(entries.values())
-                for contents in data_choices(done.content, done.synced, live):
+                for contents in data_choices(done.content, done.synced, live, every_prefix):
                     yield n, entries, contents, lost, units
 
 
@@ -202,16 +203,19 @@ def apply(entries0, units, lost_ids, with_hidden=False):
     return entries
 
 
-def data_choices(content, synced, live):
+def data_choices(content, synced, live, every_prefix=True):
     """Every combination of surviving data for the live inodes: a file whose data was not
-    all fsynced keeps any prefix from its fsynced length to its written length."""
+    all fsynced keeps any prefix from its fsynced length to its written length (with
+    every_prefix=False only those two lengths: for a negative control over several unsynced
+    files, where every prefix of each would multiply into millions of states)."""
     options = {}
     for ino in live:
         now, kept = content[ino], synced[ino]
         if now == kept:
             continue
         if now.startswith(kept):
-            options[ino] = [now[:cut] for cut in range(len(kept), len(now) + 1)]
+            options[ino] = ([now[:cut] for cut in range(len(kept), len(now) + 1)]
+                            if every_prefix else [kept, now])
         else:
             options[ino] = [kept, now]
     inos = sorted(options)
@@ -242,6 +246,8 @@ def disk_state(spool_dir, dirs):
     """The real spool as the model sees it: ({path: (st_dev, st_ino)}, {(dev, ino): bytes})."""
     entries, contents = {}, {}
     for state in dirs:
+        if not os.path.isdir(os.path.join(spool_dir, state)):
+            continue
         for name in sorted(os.listdir(os.path.join(spool_dir, state))):
             full = os.path.join(spool_dir, state, name)
             st = os.lstat(full)

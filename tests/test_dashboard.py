@@ -44,6 +44,7 @@ def test_a_missing_web_extra_is_a_clear_error(home, tmp_path):
 
 def test_an_exposed_address_needs_a_chosen_token(cli, monkeypatch):
     monkeypatch.delenv("QUEUECTL_DASHBOARD_TOKEN", raising=False)
+    assert cli("init").exit_code == 0
     result = cli("dashboard", "--host", "0.0.0.0")
     assert result.exit_code == 1
     assert result.stderr == ("Error: refusing to listen on 0.0.0.0 (not a loopback address) "
@@ -52,6 +53,13 @@ def test_an_exposed_address_needs_a_chosen_token(cli, monkeypatch):
     result = cli("dashboard", "--token", "short")
     assert (result.exit_code, result.stderr) == (
         1, "Error: --token must be at least 8 characters\n")
+
+
+def test_a_dashboard_needs_a_queue_and_creates_none(cli, home):
+    result = cli("dashboard", "--token", TOKEN)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: no queue at {home} (run `queuectl init` or enqueue a job to create one)\n")
+    assert list(home.iterdir()) == []
 
 
 def test_the_cli_module_does_not_load_the_web_libraries():
@@ -317,6 +325,7 @@ def test_the_server_prints_its_url_serves_and_stops_on_ctrl_c(home, cli):
 
 def test_a_port_in_use_is_a_clear_error(cli):
     import socket
+    assert cli("init").exit_code == 0
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

@@ -4,7 +4,9 @@ is on PYTHONPATH (torture.PLANT_ENV puts it there for one worker pool); the inst
 package never contains it. QUEUECTL_TEST_PLANT picks the bug:
 
 - no-claim-flock: a claim skips its flock, so the job file is unlocked while it runs and
-  any recovery takes it for an orphan (a double claim);
+  any recovery takes it for an orphan (a double claim); the claim re-assertion and the
+  fencing check before finishing (which would notice the lock is not ours and refuse to
+  finish) are skipped too, so the checks see what a worker without locking would do;
 - unlink-before-move: finishing unlinks processing/<id> and drops the lock before writing
   and moving the new record (a reordering: a kill in between loses the job);
   QUEUECTL_TEST_PLANT_PAUSE=SECONDS makes the window that long, as a slow disk would."""
@@ -13,8 +15,9 @@ import os
 
 
 def _no_claim_flock():
-    from queuectl import fsops
+    from queuectl import fsops, spool
     real = fsops.flock
+    spool.Spool.check_claim = lambda self, claim: None
 
     def flock(fd, operation, path=""):
         if os.path.basename(os.path.dirname(path)) in ("pending", "failed"):
