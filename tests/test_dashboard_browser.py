@@ -155,7 +155,7 @@ def test_actions_reach_the_spool(queue, page, server):
     wait_until(lambda: queue.states(running) == ["processing"], timeout=15)
     page.goto(f"{server.base}/jobs/{running}")
     page.click("#job-actions button[data-action=cancel]")
-    expect(page.locator("#flash")).to_contain_text("killed and cancelled")
+    expect(page.locator("#flash")).to_contain_text("cancelled (was running, killed; now in dead/)")
     assert queue.states(running) == ["dead"]
 
     page.goto(f"{server.base}/dlq")
