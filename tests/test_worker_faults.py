@@ -142,7 +142,7 @@ def keeps_working(proc, spool, wait_until):
 
 def test_a_locked_index_at_the_first_idle_moment_does_not_kill_the_worker(
         cli, home, spool, lone_worker, wait_until):
-    assert cli("status").exit_code == 0
+    assert cli("init").exit_code == 0
     Spool(str(spool)).ensure_layout()
     old_completed_job(spool, "ancient")
     holder = sqlite3.connect(str(home / "data" / "queue.db"), isolation_level=None)
@@ -156,7 +156,7 @@ def test_a_locked_index_at_the_first_idle_moment_does_not_kill_the_worker(
 
 def test_an_index_corrupted_under_a_running_worker_does_not_kill_it(
         cli, home, spool, lone_worker, wait_until, tmp_path):
-    assert cli("status").exit_code == 0
+    assert cli("init").exit_code == 0
     Spool(str(spool)).ensure_layout()
     old_completed_job(spool, "ancient")
     gate, started = tmp_path / "go", tmp_path / "started"
@@ -200,7 +200,7 @@ def test_config_set_refuses_values_the_code_cannot_represent(cli, key, value, me
 def test_a_stored_backoff_max_out_of_range_does_not_stop_recovery(cli, home, spool, pool,
                                                                   wait_until):
     from queuectl.home import Home
-    assert cli("status").exit_code == 0
+    assert cli("init").exit_code == 0
     stored = Home(str(home))
     stored.index.set_config("backoff_base", 10)
     stored.index.set_config("backoff_max", 1e12)   # as an older version accepted it
