@@ -332,7 +332,7 @@ def pct_line(ctx, key, label, samples):
 @benchmark("pickup", "idle worker: job file renamed into pending/ -> its command starts "
                      "(inotify vs polling at 1 s)")
 def bench_pickup(ctx):
-    samples = ctx.scale(30, 10)
+    samples = ctx.scale(30, 4)
     rng = random.Random(3)
     stamps = ctx.new_dir("pickup-stamps")
     floor = spawn_floor_samples(stamps, samples)
