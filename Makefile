@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,web]'
 	touch $(STAMP)
 
+# Two test processes (pytest-xdist, one file each at a time): most tests wait on workers and
+# subprocesses, so two share 2 cores well (about 3.2 min instead of 5.8 serially).
 # As root, a second pass runs the permission-sensitive tests as an unprivileged user.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 	bash scripts/test-unprivileged
 
 test-unprivileged: $(STAMP)

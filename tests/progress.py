@@ -4,6 +4,8 @@ seconds) instead of a row of dots; failures are still listed in pytest's own sum
 import time
 from collections import Counter
 
+import pytest
+
 
 class FileProgress:
     def __init__(self, config):
@@ -17,9 +19,20 @@ class FileProgress:
 
     def pytest_collection_finish(self, session):
         self.reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        for item in session.items:
-            self.remaining[item.location[0]] += 1
-        self.total = len(session.items)
+        self._count(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """Under pytest-xdist the controller collects nothing itself: every worker reports
+        the same ids, so count the first report only."""
+        self.reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if not self.total:
+            self._count(ids)
+
+    def _count(self, nodeids):
+        for nodeid in nodeids:
+            self.remaining[nodeid.split("::", 1)[0]] += 1
+            self.total += 1
 
     def pytest_report_teststatus(self, report, config):
         # An empty short letter: the terminal reporter prints no dot for it.
