@@ -135,8 +135,8 @@ class Watch:
 
 class _IntoOurLog(logging.Handler):
     """watchdog's own log lines, into ours at DEBUG. Left to Python's last-resort handler
-    they reach the terminal: stopping the observer races its emitter thread, which then
-    logs "InotifyEmitter.queue_events() called when the thread is inactive" on Ctrl-C."""
+    they reach the terminal (as "InotifyEmitter.queue_events() called when the thread is
+    inactive" did on Ctrl-C while workers ran watchdog's observer threads)."""
 
     def emit(self, record):
         log.debug("watchdog: %s", record.getMessage())

@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from conftest import QUEUECTL, queuectl_env
+from workerkit import kill_processes
 
 BIN_DIR = os.path.dirname(sys.executable)
 JUICEFS = os.path.join(BIN_DIR, "juicefs")
@@ -128,13 +129,7 @@ class Volume:
         for point in self.mounts.values():
             if _is_mounted(point):
                 subprocess.run(["umount", "-l", str(point)], capture_output=True)
-        procs = self.client_processes()
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=5)
+        kill_processes(self.client_processes())
 
 
 class Host:
@@ -249,13 +244,8 @@ class Host:
             self.init.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        procs = [p for p in psutil.process_iter() if _has_env(p, "QTEST_HOST", self.name)]
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=5)
+        kill_processes([p for p in psutil.process_iter()
+                        if _has_env(p, "QTEST_HOST", self.name)])
 
 
 def ns_pid(pid):

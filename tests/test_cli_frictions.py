@@ -8,20 +8,9 @@ import re
 
 import pytest
 
+from test_cli import failed, ok
+
 NO_QUEUE = "Error: no queue at {} (run `queuectl init` or enqueue a job to create one)\n"
-
-
-def ok(result, stdout=None):
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    if stdout is not None:
-        assert result.stdout == stdout
-    return result
-
-
-def failed(result, stderr, code=1):
-    assert (result.exit_code, result.stderr) == (code, stderr), result.stdout
-    assert result.stdout == ""
-    return result
 
 
 def tree(path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from juicefskit import _alive, hosts, juicefs, ns_pid  # noqa: F401
+from juicefskit import _alive, _has_env, hosts, juicefs, ns_pid  # noqa: F401
 from torture import (Background, Checker, clock_ns, finished, job_command, job_lines,
                      read_results, record, scan_spool, seed_from_env)
 
@@ -352,16 +352,9 @@ def job_processes(host, job_id):
     """Live processes of the host running job_id (the job's shell and its children)."""
     found = []
     for proc in host.processes():
-        if _has_env_value(proc, "QUEUECTL_JOB_ID", job_id):
+        if _has_env(proc, "QUEUECTL_JOB_ID", job_id):
             found.append(proc)
     return found
-
-
-def _has_env_value(proc, key, value):
-    try:
-        return proc.environ().get(key) == value
-    except psutil.Error:
-        return False
 
 
 def started_runs(results, host, job_id):
