@@ -32,6 +32,11 @@ log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
 RECOVERY_SECONDS = 5
 HINT_THRESHOLD = 200         # new files in one scan above which the index supplies hints
+# New files found by a scan are read (judged) for at most this long per loop turn before
+# the worker claims what it knows: a worker (re)started on a large backlog on a slow
+# network filesystem (a few ms per file) starts running jobs at once instead of after
+# reading every file, and reads the rest between jobs.
+JUDGE_BUDGET_SECONDS = 0.05
 RETENTION_SECONDS = 60       # how often a worker purges completed jobs past retention
 INDEX_WAIT_SECONDS = 2       # a worker waits no longer than this for a locked index
 # Index updates are grouped: committed at most this often while jobs run back to back, and
@@ -69,6 +74,7 @@ class Worker:
         self.wakeup = watcher.Wakeup()
         self.watch = None
         self.unsettled = {}        # (state, name) -> when to look again
+        self.unjudged = {}         # (state, name) -> None: listed by a scan, not read yet
         self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
         self.recovery_failed = set()   # names in processing/ whose recovery raised
         self.stopping = False
@@ -112,6 +118,7 @@ class Worker:
         verdict = judge(self.home, state, name, now)
         stem = name[:-len(jobmod.JOB_SUFFIX)]
         self.unsettled.pop((state, name), None)
+        self.unjudged.pop((state, name), None)
         if verdict.doc is not None:
             if self.aside.check(state, stem, verdict.doc):
                 self.picker.forget(state, stem)
@@ -146,18 +153,32 @@ class Worker:
                 del self.judged[key]
             for key in self.aside.rescan(state, present):
                 self.consider(state, key[1] + jobmod.JOB_SUFFIX, now)
+            for key in [k for k in self.unjudged if k[0] == state and k[1] not in names]:
+                del self.unjudged[key]
             new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker
-                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.aside]
+                   and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.aside
+                   and (state, n) not in self.unjudged]
             # Hints carry no queue: a worker of some queues reads the files instead.
             hints = self._index_hints(state) if len(new) > HINT_THRESHOLD and \
                 self.aside.queues is None else {}
-            for name in new:
+            # Ids begin with their creation time: the oldest files are read first.
+            for name in sorted(new):
                 stem = name[:-len(jobmod.JOB_SUFFIX)]
                 if stem in hints:
                     self.picker.add(state, stem, *hints[stem])
                 else:
-                    self.consider(state, name, now)
+                    self.unjudged[(state, name)] = None
         self.picker.compact()
+
+    def judge_listed(self, now, budget=JUDGE_BUDGET_SECONDS):
+        """Read files a scan listed, oldest first, for at most `budget` seconds."""
+        deadline = time.monotonic() + budget
+        while self.unjudged:
+            key = next(iter(self.unjudged))
+            del self.unjudged[key]
+            self.consider(key[0], key[1], now)
+            if time.monotonic() >= deadline:
+                break
 
     def _index_hints(self, state):
         """{id: (priority, due)} from the index, so a worker starting on a large backlog
@@ -202,6 +223,8 @@ class Worker:
             if now >= self.next_retention:
                 self.purge_expired()
                 self.next_retention = now + RETENTION_SECONDS
+        if self.unjudged:
+            self.judge_listed(now)
         for key, deadline in list(self.unsettled.items()):
             if deadline <= now:
                 self.consider(key[0], key[1], now)
@@ -495,6 +518,8 @@ class Worker:
         if due is not None and not (due <= now and self.home.spool.is_paused()):
             limits.append(due - now)
         limits.extend(d - now for d in self.unsettled.values())
+        if self.unjudged:
+            limits.append(0.0)
         return max(0.0, min(limits))
 
     def loop(self):

@@ -7,6 +7,7 @@ is in test_multihost.py."""
 import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -130,3 +131,38 @@ def test_shared_spool_heartbeats_and_stop_requests(pool, home, spool, wait_until
     out = pool.run("worker", "stop", "--host", os.uname().nodename, "--timeout", "1")
     assert out.stdout.startswith("stopped supervisor")
     assert [n for n in os.listdir(spool / "workers") if n.endswith(".json")] == []
+
+
+def test_a_worker_on_a_slow_filesystem_runs_jobs_before_reading_the_whole_backlog(
+        home, drop):
+    """A (re)started worker reads the files a scan listed for at most JUDGE_BUDGET_SECONDS
+    before it claims: with every open taking 5 ms (a network filesystem), its first claim
+    comes after a few dozen reads, not after all 300 (on JuiceFS, under a kill storm, a
+    worker restarted on a 2,000-file backlog was killed again before its first claim)."""
+    from queuectl.worker import Worker
+    for n in range(300):
+        drop(f"j{n:04d}.json", '{"command": "true"}', age=5)
+    worker = Worker(Home(str(home)))
+    ops = []
+
+    def slow_open(op, path):
+        ops.append((op, path))
+        if op == "open" and "/pending/" in path:
+            time.sleep(0.005)
+    fsops.set_hook(slow_open)
+    try:
+        assert worker.run_once() is True
+    finally:
+        fsops.set_hook(None)
+    first_claim = next(i for i, (op, path) in enumerate(ops)
+                       if op == "rename" and "/processing/" in path)
+    reads = sum(1 for op, path in ops[:first_claim] if op == "open" and "/pending/" in path)
+    assert 1 <= reads <= 60, reads
+    assert worker.unjudged, "the rest is read between jobs"
+    # The oldest name (ids begin with their time) was read first and ran first.
+    assert ops[first_claim][1].endswith("/processing/j0000.json")
+    # Between jobs the worker reads on; every job runs in the end.
+    while worker.run_once():
+        pass
+    assert not worker.unjudged
+    assert len(os.listdir(home / "spool" / "completed")) == 300
