@@ -2,7 +2,7 @@
 unique keys must be free. Runs between building the records (submit) and publishing them
 (lifecycle); takes the unique keys first and frees them again if publishing fails."""
 
-from . import deps, lifecycle, unique
+from . import lifecycle
 from .errors import DuplicateKey
 
 IF_EXISTS = ("error", "skip")
@@ -17,7 +17,11 @@ def publish(home, docs, now, if_exists="error"):
     """Publish validated jobs; returns one id per job: its own, or with if_exists='skip' the
     id of the job already holding its unique key. DuplicateKey (naming the holder) or
     UnknownDependency otherwise, and nothing is written."""
-    deps.check_known(home.spool, docs)
+    if any(doc.get("after") for doc in docs):
+        from . import deps          # only for jobs that have them: enqueue starts faster
+        deps.check_known(home.spool, docs)
+    if any(doc.get("unique_key") is not None for doc in docs):
+        from . import unique
     taken, results, publishing = [], [], []
     try:
         for doc in docs:

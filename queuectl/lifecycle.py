@@ -16,7 +16,6 @@ Lifecycle decides and records: a worker hands the end of an attempt over as what
 move records itself (_record: the job's index row and, for the end of an attempt, its
 outcome in the metrics), so no caller counts outcomes."""
 
-from . import history, retry_policy
 from . import job as jobmod
 from .errors import DuplicateId, InvalidJob
 from .index import job_row
@@ -235,6 +234,7 @@ def complete(home, claim, doc, result, now, wait_s=None):
 
 def fail(home, claim, doc, error, exit_code, duration_s, now, wait_s=None):
     """Count the attempt; retry later with backoff, or bury once retries are exhausted."""
+    from . import history, retry_policy   # not at import: `queuectl enqueue` needs neither
     doc.update(attempts=doc.get("attempts", 0) + 1, exit_code=exit_code, last_error=error,
                duration_s=duration_s, finished_at=jobmod.iso(now))
     settings = home.settings
@@ -376,6 +376,7 @@ def recover(home, job_id, now):
         if unrun is not None:
             return unrun
         log.warning("recovery: %s had no live worker (worker died)", job_id)
+        from . import history
         history.append(doc, history.from_log(doc, home.spool.output_path(job_id), now))
         return fail(home, held, doc, "worker died", None, None, now)
     finally:
