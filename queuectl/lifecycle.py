@@ -124,8 +124,8 @@ def admit(home, claim, doc, now):
     """Under the claim, just before a run: a job whose dependency failed goes to dead/, one
     whose dependency no longer exists or whose unique key another live job holds goes to
     rejected/; it never runs. Returns None if the job may run, else the state it went to."""
-    from . import deps, unique
     if doc.get("after"):
+        from . import deps      # imported only for jobs that have dependencies
         verdict = deps.gate(home.spool, doc)
         if verdict.status == deps.FAILED:
             return bury_unrunnable(home, claim, doc, deps.failed_reason(verdict.dep),
@@ -135,6 +135,7 @@ def admit(home, claim, doc, now):
             return "rejected"
     key = doc.get("unique_key")
     if key is not None:
+        from . import unique
         holder = unique.acquire(home.spool, key, doc["id"])
         if holder is not None:
             reject_claimed(home, claim, f"duplicate unique key {key!r}: job {holder} holds it",
@@ -211,14 +212,17 @@ FINAL_STATES = ("completed", "dead")
 def _finished(home, doc, dest):
     """A job reached completed/ or dead/: free its unique key, run the hooks. Neither may
     affect the job (it has already moved): failures are logged."""
-    from . import hooks, unique
     if doc.get("unique_key") is not None:
+        from . import unique
         try:
             unique.release(home.spool, doc["unique_key"], doc["id"])
         except OSError as exc:
             log.error("could not free unique key of %s: %s (queuectl fsck --repair)",
                       doc["id"], exc)
-    hooks.job_finished(home, doc, dest)
+    settings = home.settings
+    if settings.on_finish or (dest == "dead" and settings.on_dead):
+        from . import hooks
+        hooks.job_finished(home, doc, dest)
 
 
 def complete(home, claim, doc, result, now, wait_s=None):
