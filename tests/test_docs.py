@@ -18,8 +18,12 @@ SPOOL_FORMAT = ROOT / "docs" / "spool-format.md"
 
 
 def walk(group, path=()):
-    """(path, command) for every command and group under `group`, hidden ones excepted."""
-    for name, command in sorted(group.commands.items()):
+    """(path, command) for every command and group under `group`, hidden ones excepted.
+    Through click's list_commands/get_command, as the command line finds them (the top
+    group loads most of its commands on demand)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         if command.hidden:
             continue
         yield (*path, name), command
