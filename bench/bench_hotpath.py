@@ -315,7 +315,7 @@ def rows(editable):
     loop = Goal("direct", 0.5, at_least=True, base_workload="e2e")
     # What the file layout itself allows on this disk: a reference for the drain goal.
     floor = Goal("tsp", 1.2, at_least=True, judged=False,
-                 unjudged="reference: no queue keeping the spool contract drains faster")
+                 unjudged="reference: the spool contract's file operations alone")
     only = {"queuectl": "queuectl"}
     return (
         Row("pickup p50 (idle, drop-in)", "pickup", "p50_ms", "ms", Goal("direct", 1.5)),
