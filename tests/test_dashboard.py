@@ -62,8 +62,8 @@ def test_a_dashboard_needs_a_queue_and_creates_none(cli, home):
     assert list(home.iterdir()) == []
 
 
-def test_the_cli_module_does_not_load_the_web_libraries():
-    code = ("import sys, queuectl.cli; "
+def test_the_cli_modules_do_not_load_the_web_libraries():
+    code = ("import sys, queuectl.cli, queuectl.commands; "
             "print([m for m in sys.modules if m.split('.')[0] in "
             "('starlette', 'uvicorn', 'jinja2', 'queuectl.dashboard')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
