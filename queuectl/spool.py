@@ -380,8 +380,16 @@ class Spool:
             raise NotAJobFile(f"is {st.st_size} bytes, over max_job_bytes "
                               f"({self.max_job_bytes})")
 
-    def _read_fd(self, fd):
-        data = os.pread(fd, self.max_job_bytes + 1, 0)
+    def _read_fd(self, fd, size=0):
+        """The file's bytes (at most max_job_bytes, else NotAJobFile). `size` is what a
+        stat said: the first read asks for a little more than that, not for max_job_bytes
+        (a 1 MiB buffer is an mmap and a munmap per job), and only a file that grew past
+        it is read on."""
+        limit = self.max_job_bytes + 1
+        first = min(limit, size + 4096)
+        data = os.pread(fd, first, 0)
+        if len(data) == first and first < limit:
+            data += os.pread(fd, limit - first, first)
         if len(data) > self.max_job_bytes:
             raise NotAJobFile(f"grew past max_job_bytes ({self.max_job_bytes}) while read")
         return data
@@ -390,7 +398,7 @@ class Spool:
         """(bytes, stat) of <state>/<name>, read safely; NotAJobFile if it can't be a job."""
         fd, st = self._open_checked(f"{self._prefix}{state}/{name}", os.O_RDONLY)
         try:
-            return self._read_fd(fd), st
+            return self._read_fd(fd, st.st_size), st
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:     # unlinked by another host after our open
                 raise NotAJobFile("vanished", gone=True) from None
@@ -508,7 +516,7 @@ class Spool:
             fsops.rename_noreplace(src, self.path("processing", job_id))
         except (FileNotFoundError, FileExistsError):
             return None         # lost the race, or the same id is running: skip
-        return self._read_fd(fd), os.fstat(fd)
+        return self._read_fd(fd, st.st_size), os.fstat(fd)
 
     def finish(self, claim, data, dest):
         """Write the job's new record into dest/ and release processing/. Order: tmp, fsync,
@@ -599,7 +607,7 @@ class Spool:
                 _close_quietly(fd)
                 return None
             try:
-                data = self._read_fd(fd)
+                data = self._read_fd(fd, st.st_size)
             except NotAJobFile:
                 data = b""
         except OSError as exc:

@@ -278,3 +278,24 @@ def test_reject_moves_symlinks_fifos_and_dirs_as_they_are(sp, spool, tmp_path):
 
 def test_reject_of_a_vanished_file_returns_none(sp):
     assert sp.reject("pending", "gone.json", "why") is None
+
+
+def test_a_file_that_grew_after_its_stat_is_read_whole_or_refused(spool):
+    """The claim reads as much as the stat said plus a little: what a writer appended since
+    is read on, up to max_job_bytes, and past that the file is refused."""
+    s = Spool(str(spool), max_job_bytes=20_000)
+    s.ensure_layout()
+    path = spool / "pending" / "g.json"
+    path.write_bytes(b"x" * 10)
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"y" * 15_000)               # past the first read's size + 4 KiB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert s._read_fd(fd, size) == b"x" * 10 + b"y" * 15_000
+        with open(path, "ab") as f:
+            f.write(b"z" * 6_000)            # now past max_job_bytes
+        with pytest.raises(NotAJobFile, match="grew past max_job_bytes"):
+            s._read_fd(fd, size)
+    finally:
+        os.close(fd)
