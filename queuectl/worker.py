@@ -143,8 +143,9 @@ class Worker:
         """Re-list pending/ and failed/: forget what vanished, consider what is new."""
         for state in TAKE_FROM:
             names = self.home.spool.names(state)
+            listed = set(names)         # membership tests below: a backlog has thousands
             present = {name[:-len(jobmod.JOB_SUFFIX)] for name in names}
-            for key in [k for k in self.skipped if k[0] == state and k[1] not in names]:
+            for key in [k for k in self.skipped if k[0] == state and k[1] not in listed]:
                 del self.skipped[key]
             for key in self.picker.keys(state):
                 if key[1] not in present:
@@ -153,7 +154,7 @@ class Worker:
                 del self.judged[key]
             for key in self.aside.rescan(state, present):
                 self.consider(state, key[1] + jobmod.JOB_SUFFIX, now)
-            for key in [k for k in self.unjudged if k[0] == state and k[1] not in names]:
+            for key in [k for k in self.unjudged if k[0] == state and k[1] not in listed]:
                 del self.unjudged[key]
             new = [n for n in names if (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.picker
                    and (state, n[:-len(jobmod.JOB_SUFFIX)]) not in self.aside
