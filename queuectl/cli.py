@@ -135,19 +135,8 @@ def _home(ctx, write=False, lazy_log=False):
     return home
 
 
-class _LazyRender:
-    """queuectl.render, imported on first use: enqueue, whose start-up is measured against
-    its bare imports (bench/README.md), prints no table."""
-
-    def __getattr__(self, name):
-        from . import render as module
-        return getattr(module, name)
-
-
-render = _LazyRender()
-
-
 def _echo_json(value):
+    from . import render     # not at import: enqueue prints no table
     click.echo(render.to_json(value))
 
 
@@ -204,6 +193,7 @@ def init(ctx, as_json):
     if as_json:
         _echo_json(dict(paths, created=not existed))
     else:
+        from . import render
         click.echo(render.init_text(paths, existed))
 
 

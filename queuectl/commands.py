@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from .cli import EXIT_ERROR, _echo_json, _home, main, render
+from . import render
+from .cli import EXIT_ERROR, _echo_json, _home, main
 
 # ---- reading --------------------------------------------------------------------------------
 

@@ -219,10 +219,8 @@ def _finished(home, doc, dest):
         except OSError as exc:
             log.error("could not free unique key of %s: %s (queuectl fsck --repair)",
                       doc["id"], exc)
-    settings = home.settings
-    if settings.on_finish or (dest == "dead" and settings.on_dead):
-        from . import hooks
-        hooks.job_finished(home, doc, dest)
+    from . import hooks      # not at import: enqueue never finishes a job
+    hooks.job_finished(home, doc, dest)
 
 
 def complete(home, claim, doc, result, now, wait_s=None):
