@@ -45,6 +45,18 @@
     return node;
   }
 
+  // A table body's rows, or one row saying why there are none.
+  function fillTable(tbody, rows, emptyText, columns) {
+    if (!rows.length) {
+      const td = el("td", emptyText);
+      td.colSpan = columns;
+      const tr = el("tr", null, "empty");
+      tr.appendChild(td);
+      rows = [tr];
+    }
+    tbody.replaceChildren(...rows);
+  }
+
   function link(href, text) {
     const a = el("a", text);
     a.setAttribute("href", href);
@@ -114,14 +126,7 @@
       tr.appendChild(el("td", age(w.uptime_s)));
       return tr;
     });
-    if (!rows.length) {
-      const tr = el("tr", null, "empty");
-      const td = el("td", "no workers running: queuectl worker start");
-      td.colSpan = 9;
-      tr.appendChild(td);
-      rows.push(tr);
-    }
-    tbody.replaceChildren(...rows);
+    fillTable(tbody, rows, "no workers running: queuectl worker start", 9);
   }
 
   function when(iso) {
@@ -157,14 +162,7 @@
       tr.appendChild(acts);
       return tr;
     });
-    if (!out.length) {
-      const tr = el("tr", null, "empty");
-      const td = el("td", "no jobs here");
-      td.colSpan = 8;
-      tr.appendChild(td);
-      out.push(tr);
-    }
-    tbody.replaceChildren(...out);
+    fillTable(tbody, out, "no jobs here", 8);
   }
 
   function secs(value) {
@@ -182,14 +180,7 @@
       tr.appendChild(el("td", secs(a.duration_s)));
       return tr;
     });
-    if (!rows.length) {
-      const tr = el("tr", null, "empty");
-      const td = el("td", "not run yet");
-      td.colSpan = 5;
-      tr.appendChild(td);
-      rows.push(tr);
-    }
-    tbody.replaceChildren(...rows);
+    fillTable(tbody, rows, "not run yet", 5);
   }
 
   // ---- the job page: state, fields and the output log, followed from an offset ----------
