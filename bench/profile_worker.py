@@ -224,6 +224,10 @@ def cprofile_table(path, jobs, top):
     import pstats
     stats = pstats.Stats(path).stats
     rows = sorted(stats.items(), key=lambda item: item[1][3], reverse=True)[:top]
+    # Calls per job do not depend on the machine's load: the steadiest figure to compare
+    # two versions of the per-job path by.
+    calls = sum(ncalls for _, ncalls, _, _, _ in stats.values())
+    print(f"\n  Python function calls per job: {calls / jobs:.0f} (builtins included)")
     print(f"\n  top {top} functions by cumulative time (main thread only, its CPU clock), "
           "per job:")
     print(f"    {'cum us/job':>10} {'self us':>8} {'calls/job':>9}  function (file:line)")

@@ -21,6 +21,7 @@ FIRST_KEPT = 3
 LAST_KEPT = 10
 TAIL_LINES = 20
 TAIL_BYTES = 2048
+TAIL_READ = TAIL_BYTES + 512      # bytes read from a log's end to find its tail
 OUTCOMES = ("completed", "failed", "timeout", "killed by signal", "worker died", "stopped",
             "cancelled")
 _HEADER_RE = re.compile(r"=== queuectl (\S+) attempt (\d+) at (\S+) on worker (\S+)\n")
@@ -54,9 +55,9 @@ def make_record(number, started_at, finished_at, worker, outcome, exit_code=None
     return record
 
 
-def from_run(doc, started_at, finished_at, worker_label, result, log_path, log_start,
-             cancelled=False):
-    """The record of an attempt a worker just ran (before its move is decided)."""
+def from_run(doc, started_at, finished_at, worker_label, result, output, cancelled=False):
+    """The record of an attempt a worker just ran (before its move is decided); `output`
+    is the end of what it printed (runner.RunningJob.output_end)."""
     sig = None
     if result.signal is not None:
         sig = signals.Signals(result.signal).name if result.signal in \
@@ -64,7 +65,7 @@ def from_run(doc, started_at, finished_at, worker_label, result, log_path, log_s
     worker = worker_label.split(" ", 1)[-1]
     return make_record(doc.get("attempts", 0) + 1, started_at, finished_at, worker,
                        outcome_of(result, cancelled), result.exit_code, sig,
-                       output_tail(log_path, log_start))
+                       tail_of(output))
 
 
 def from_log(doc, log_path, now):
@@ -112,7 +113,13 @@ def output_tail(log_path, start):
     `start`, without queuectl's own '=== end' footer."""
     if log_path is None or start is None:
         return ""
-    text, _ = _read_end(log_path, start, TAIL_BYTES + 512)
+    return tail_of(_read_end(log_path, start, TAIL_READ)[0])
+
+
+def tail_of(text):
+    """output_tail of the text at the end of a log (at least its last TAIL_READ bytes)."""
+    if not text:
+        return ""
     lines = [line for line in text.splitlines() if not line.startswith("=== end: ")]
     tail = "\n".join(lines[-TAIL_LINES:])
     encoded = tail.encode("utf-8")

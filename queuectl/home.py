@@ -166,12 +166,7 @@ class Home:
         if not queued:
             return
         self._deferred = []
-        self.index_safely("index updates", self._apply, queued)
-
-    def _apply(self, queued):
-        with self.index.transaction():
-            for fn, args in queued:
-                fn(*args)
+        self.index_safely("index updates", self.index.apply_group, queued)
 
     def configure_logging(self, name="queuectl", rotate=True):
         """Send this process's log lines to data/logs/queuectl.log, at the configured level,

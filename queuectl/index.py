@@ -76,7 +76,7 @@ def job_row(job, state, due_ts):
     values.setdefault("priority", 0)
     values.setdefault("attempts", 0)
     values["queue"] = values.get("queue") or "default"
-    return tuple(values.get(name) for name in ROW_COLUMNS)
+    return tuple(map(values.get, ROW_COLUMNS))
 
 
 def _version(job):
@@ -230,15 +230,16 @@ class Index:
     # ---- jobs ---------------------------------------------------------------------------
     def upsert(self, rows):
         """Insert or update rows (from job_row), never replacing a newer one (NEWER)."""
-        marks = ",".join("?" * len(ROW_COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in ROW_COLUMNS[1:])
-        sql = (f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES ({marks}) "
-               f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE {NEWER}")
         if len(rows) == 1:
-            self.db.execute(sql, rows[0])
+            self.db.execute(UPSERT_SQL, rows[0])
             return
         with self.transaction():     # one commit for a batch, not one per row
-            self.db.executemany(sql, rows)
+            self.db.executemany(UPSERT_SQL, rows)
+
+    def upsert_job(self, job, state, due_ts):
+        """upsert of one job's row, built only when written: a worker queues a copy of the
+        job at every move, and a grouped write keeps only each job's last (apply_group)."""
+        self.upsert([job_row(job, state, due_ts)])
 
     def insert_new(self, rows):
         """Insert rows for ids not yet indexed; existing rows (fresher) are left alone."""
@@ -432,9 +433,7 @@ class Index:
                       "state")
 
     def heartbeat(self, record):
-        cols = self.WORKER_COLUMNS
-        self.db.execute(f"INSERT OR REPLACE INTO workers ({','.join(cols)}) VALUES "
-                        f"({','.join('?' * len(cols))})", tuple(record.get(c) for c in cols))
+        self.db.execute(HEARTBEAT_SQL, tuple(record.get(c) for c in self.WORKER_COLUMNS))
 
     def workers(self):
         cols = self.WORKER_COLUMNS
@@ -448,19 +447,65 @@ class Index:
         """Count an attempt's outcome (and the extra counters in `also`, e.g. "dead" for a
         failed attempt that buried its job), keep its timings (a bounded recent window) and
         add it to its minute's bucket (for throughput over 1, 5 and 15 minutes)."""
-        minute = int(finished_ts // 60)
+        self.record_outcomes([(outcome, finished_ts, wait_s, run_s, also)])
+
+    def record_outcomes(self, outcomes):
+        """record_outcome for several attempts [(outcome, finished_ts, wait_s, run_s, also)]
+        at once: each counter and minute bucket is written once with its sum."""
+        counters, minutes = {}, {}
+        for outcome, finished_ts, _, _, also in outcomes:
+            for name in (outcome, *also):
+                counters[name] = counters.get(name, 0) + 1
+            key = (int(finished_ts // 60), outcome)
+            minutes[key] = minutes.get(key, 0) + 1
         with self.transaction():
-            self.db.executemany("INSERT INTO counters VALUES (?,1) ON CONFLICT(name) DO UPDATE "
-                                "SET value=value+1", [(name,) for name in (outcome, *also)])
-            self.db.execute("INSERT INTO per_minute VALUES (?,?,1) ON CONFLICT(minute, outcome) "
-                            "DO UPDATE SET n=n+1", (minute, outcome))
-            cur = self.db.execute("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "
-                                  "VALUES (?,?,?,?)", (finished_ts, outcome, wait_s, run_s))
-            if cur.lastrowid % 1000 == 0:     # prune now and then, not on every job
-                self.db.execute("DELETE FROM timings WHERE seq <= ?",
-                                (cur.lastrowid - TIMINGS_KEPT,))
+            self.db.executemany("INSERT INTO counters VALUES (?,?) ON CONFLICT(name) DO UPDATE "
+                                "SET value=value+excluded.value", counters.items())
+            self.db.executemany("INSERT INTO per_minute VALUES (?,?,?) ON CONFLICT(minute, "
+                                "outcome) DO UPDATE SET n=n+excluded.n",
+                                [(m, o, n) for (m, o), n in minutes.items()])
+            self.db.executemany("INSERT INTO timings (finished_ts, outcome, wait_s, run_s) "
+                                "VALUES (?,?,?,?)", [(ts, outcome, wait_s, run_s) for
+                                                     outcome, ts, wait_s, run_s, _ in outcomes])
+            last = self.db.execute("SELECT max(seq) FROM timings").fetchone()[0] or 0
+            if last // 1000 != (last - len(outcomes)) // 1000:   # now and then, not per job
+                self.db.execute("DELETE FROM timings WHERE seq <= ?", (last - TIMINGS_KEPT,))
                 self.db.execute("DELETE FROM per_minute WHERE minute < ?",
-                                (minute - MINUTES_KEPT,))
+                                (max(m for m, _ in minutes) - MINUTES_KEPT,))
+
+    def apply_group(self, queued):
+        """Write a worker's queued updates [(bound method of this index, args)] in one
+        transaction (Home.flush_index). When they are only job rows, heartbeats and
+        outcomes (a worker's hot path) they are coalesced: one row per job (the last queued:
+        each of a worker's moves is newer than the one before), one heartbeat per worker
+        (the last) and the outcomes summed, each kind written by one executemany. Anything
+        else in the group (a rejection's delete) keeps every update in its order."""
+        with self.transaction():
+            if not all(fn.__name__ in _COALESCED for fn, _ in queued):
+                for fn, args in queued:
+                    fn(*args)
+                return
+            rows, beats, outcomes = {}, {}, []
+            for fn, args in queued:
+                name = fn.__name__
+                if name == "upsert":
+                    for row in args[0]:
+                        rows[row[0]] = row
+                elif name == "upsert_job":
+                    rows[args[0]["id"]] = args      # (job, state, due_ts): built below
+                elif name == "heartbeat":
+                    beats[args[0]["worker_id"]] = args[0]
+                else:
+                    outcomes.append((*args[:4], args[4] if len(args) > 4 else ()))
+            if rows:
+                self.db.executemany(UPSERT_SQL, [job_row(*row) if isinstance(row[0], dict)
+                                                 else row for row in rows.values()])
+            if beats:
+                cols = self.WORKER_COLUMNS
+                self.db.executemany(HEARTBEAT_SQL, [tuple(b.get(c) for c in cols)
+                                                    for b in beats.values()])
+            if outcomes:
+                self.record_outcomes(outcomes)
 
     def record_backlog(self, minute, ready, scheduled, counts):
         """One backlog sample per minute (the first one taken in that minute wins, so any
@@ -504,6 +549,14 @@ class Index:
     def timings(self, since_ts):
         return self.db.execute("SELECT finished_ts, outcome, wait_s, run_s FROM timings "
                                "WHERE finished_ts>=? ORDER BY finished_ts", (since_ts,)).fetchall()
+
+
+UPSERT_SQL = (f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES "
+              f"({','.join('?' * len(ROW_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+              f"{','.join(f'{c}=excluded.{c}' for c in ROW_COLUMNS[1:])} WHERE {NEWER}")
+HEARTBEAT_SQL = (f"INSERT OR REPLACE INTO workers ({','.join(Index.WORKER_COLUMNS)}) VALUES "
+                 f"({','.join('?' * len(Index.WORKER_COLUMNS))})")
+_COALESCED = ("upsert", "upsert_job", "heartbeat", "record_outcome")
 
 
 class _Transaction:

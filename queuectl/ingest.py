@@ -67,7 +67,8 @@ def judge(home, state, name, now, data=None, st=None):
     # The mtime only stands in for a missing created_at (capped at now: a future mtime from
     # `cp -p` or clock skew is no creation time); it never schedules the job.
     defaults = {"max_retries": home.settings.max_retries,
-                "created_at": jobmod.iso(min(st.st_mtime, now))}
+                "created_at": None if doc.get("created_at") else
+                jobmod.iso(min(st.st_mtime, now))}
     return Verdict("take", doc=jobmod.complete(doc, defaults, now), st=st, data=data)
 
 

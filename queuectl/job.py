@@ -45,14 +45,14 @@ MAX_NESTING = 256
 
 # ---- time -------------------------------------------------------------------------------
 
-_iso_second = [None, ""]     # the last whole second formatted, and its text
+_iso_seconds = {}     # whole second -> its text: a worker formats the same few seconds
 
 
 def iso(ts):
     """Epoch seconds -> ISO-8601 UTC with microseconds, fixed width so strings sort. The
     same text as datetime's strftime("%Y-%m-%dT%H:%M:%S.%fZ") (the fraction rounded half to
-    even as datetime.fromtimestamp does), with the whole second's text reused from the last
-    call: a worker formats several times per job within one second."""
+    even as datetime.fromtimestamp does), with the whole second's text reused: a worker
+    formats several times per job, the job's created_at and now."""
     frac, whole = math.modf(ts)
     micro = round(frac * 1e6)
     if micro >= 1000000:
@@ -60,10 +60,13 @@ def iso(ts):
     elif micro < 0:
         whole, micro = whole - 1, micro + 1000000
     whole = int(whole)
-    if _iso_second[0] != whole:
-        text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _iso_second[0], _iso_second[1] = whole, text
-    return f"{_iso_second[1]}.{micro:06d}Z"
+    text = _iso_seconds.get(whole)
+    if text is None:
+        if len(_iso_seconds) > 4096:
+            _iso_seconds.clear()
+        text = _iso_seconds[whole] = datetime.fromtimestamp(whole, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{micro:06d}Z"
 
 
 _parsed = {}     # text -> epoch seconds, for the few times a worker reads again and again
@@ -157,12 +160,14 @@ def is_exhausted(job):
 # ---- strict JSON --------------------------------------------------------------------------
 
 def _no_duplicate_keys(pairs):
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
-        seen[key] = value
-    return seen
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return value
 
 
 def _no_constants(name):
@@ -249,10 +254,14 @@ def loads_object(data):
         raise InvalidJob(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidJob(f"a job must be a JSON object, got {_json_type(value)}")
-    if _nesting_exceeds(value, MAX_NESTING):
+    # Both walks below are skipped when the bytes rule the problem out (most jobs): nesting
+    # is never deeper than the brackets in the text, and a lone surrogate can only come from
+    # a \u escape (strict UTF-8 decoding refuses encoded surrogates).
+    if data.count(b"[") + data.count(b"{") > MAX_NESTING and \
+            _nesting_exceeds(value, MAX_NESTING):
         raise InvalidJob("invalid JSON: nested too deeply")
     try:
-        where = _find_surrogate(value)
+        where = _find_surrogate(value) if b"\\u" in data else None
     except RecursionError:
         raise InvalidJob("invalid JSON: nested too deeply") from None
     if where:
@@ -265,52 +274,44 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 def dumps(job):
     """The on-disk form: pretty enough to `cat`, UTF-8, stable key order, one field per
-    line. A job whose values are all scalars (most jobs) is written by _dumps_flat, exactly
-    json.dumps(job, indent=2); lists of objects (the attempt history) get one record per
-    line, and other nested values are written compactly by json's C encoder (indent=2 would
-    use its slow Python one, which made writing a job with a history several times slower)."""
+    line. A job whose values are all scalars (most jobs) is exactly json.dumps(job,
+    indent=2); lists of objects (the attempt history) get one record per line, and other
+    nested values are written compactly by json's C encoder (indent=2 would use its slow
+    Python one, which made writing a job with a history several times slower). Keys and
+    scalars are written without the encoder's per-call overhead."""
     if not job:
         return b"{}\n"
-    text = _dumps_flat(job)
-    if text is not None:
-        return (text + "\n").encode()
-    parts = []
-    for key, value in job.items():
-        name = _ENCODE(key)
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            records = ",\n".join("    " + _ENCODE(v) for v in value)
-            parts.append(f"  {name}: [\n{records}\n  ]")
-        else:
-            parts.append(f"  {name}: {_ENCODE(value)}")
-    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
-
-
-def _dumps_flat(job):
-    """The indent=2 JSON text of a dict of str keys and scalar values; None otherwise."""
     quote = _encode_basestring
     parts = []
     for key, value in job.items():
-        if type(key) is not str:
-            return None
-        kind = type(value)
-        if kind is str:
-            text = quote(value)
-        elif value is None:
-            text = "null"
-        elif value is True:
-            text = "true"
-        elif value is False:
-            text = "false"
-        elif kind is int:
-            text = int.__repr__(value)
-        elif kind is float:
-            if not math.isfinite(value):
-                return None          # json.dumps raises the error
-            text = float.__repr__(value)
-        else:
-            return None
-        parts.append(f"  {quote(key)}: {text}")
-    return "{\n" + ",\n".join(parts) + "\n}"
+        name = quote(key) if type(key) is str else _ENCODE(key)
+        text = _scalar_text(value)
+        if text is None:
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                records = ",\n".join("    " + _ENCODE(v) for v in value)
+                text = f"[\n{records}\n  ]"
+            else:
+                text = _ENCODE(value)      # raises for what JSON cannot hold (NaN)
+        parts.append(f"  {name}: {text}")
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
+
+
+def _scalar_text(value):
+    """json.dumps' text of a str, None, bool, int or finite float; None for anything else."""
+    kind = type(value)
+    if kind is str:
+        return _encode_basestring(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
 
 
 def _json_type(value):
@@ -404,6 +405,9 @@ def _distance(a, b):
     return rows[-1][-1]
 
 
+_NEVER_TYPOS = frozenset((*KNOWN_FIELDS, *IGNORED_FIELDS, *NOT_TYPOS))
+
+
 def misspelled(key):
     """The known field an unknown key is most likely a typo of, or None. Unknown keys stay
     allowed (other tools' metadata); only keys of 4 or more characters within 1 edit of a
@@ -437,7 +441,8 @@ def validate(job, stem=None):
         else:
             if stem is not None and job_id != stem:
                 problems.append(f"id {job_id!r} does not match the file name {stem + JOB_SUFFIX!r}")
-    problems.extend(filter(None, (misspelled(key) for key in job if isinstance(key, str))))
+    problems.extend(filter(None, (misspelled(key) for key in job
+                                  if key not in _NEVER_TYPOS and isinstance(key, str))))
     _check_command(job, problems)
     _check_int(job, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT, problems)
     _check_int(job, "max_retries", 0, MAX_RETRIES_LIMIT, problems)

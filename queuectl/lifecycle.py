@@ -45,7 +45,7 @@ OUTCOMES = {"complete": "completed", "fail": "failed", "bury": "failed", "cancel
 
 
 def _index_job(home, what, job, state, now):
-    home.index_update(what, home.index.upsert, [job_row(job, state, _due(job, now))])
+    home.index_update(what, home.index.upsert_job, dict(job), state, _due(job, now))
 
 
 def _record(home, move, job, state, now, wait_s=None, run_s=None):

@@ -30,6 +30,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .history import TAIL_READ
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 KILL_GRACE_SECONDS = 5
@@ -62,10 +64,23 @@ class Result:
 
 def open_log(path):
     """Append-only output log; never follows a symlink planted in output/: such a link (or
-    any non-file) is removed without being followed, and a fresh file is created."""
+    any non-file) is removed without being followed, and a fresh file is created. Returns
+    (fd, fresh): fresh if this call created the file (so it is empty)."""
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, flags, 0o600)
+        return os.open(path, flags | os.O_EXCL, 0o600), True
+    except FileNotFoundError:
+        # output/ was deleted since the spool's layout was made: make it again (0700: logs
+        # hold what jobs print). Any other error is left to the open, which reports it.
+        try:
+            os.mkdir(os.path.dirname(path), 0o700)
+        except OSError:
+            pass
+        return os.open(path, flags | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        pass               # an earlier attempt's log, or something planted there
+    try:
+        return os.open(path, flags, 0o600), False
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
@@ -76,7 +91,7 @@ def open_log(path):
             raise OSError(errno.EISDIR, "it is a directory that is not empty") from None
     else:
         os.unlink(path)
-    return os.open(path, flags | os.O_EXCL, 0o600)
+    return os.open(path, flags | os.O_EXCL, 0o600), True
 
 
 class RunningJob:
@@ -91,14 +106,15 @@ class RunningJob:
         self.exit_code = 127       # reported when the command could not start
         self.log_fd = None
         self.log_start = 0
+        self.output_end = ""        # the end of what the command printed (finish reads it)
         self.timed_out = None      # the time limit, once it was hit
         self.stopped = False
         self.cancelled = False
         self.lost = False           # the claim's lock was lost (killed at once, not finished)
         try:
-            self.log_fd = open_log(log_path)
-            os.write(self.log_fd, header.encode("utf-8", "replace"))
-            self.log_start = os.lseek(self.log_fd, 0, os.SEEK_END)
+            self.log_fd, fresh = open_log(log_path)
+            written = os.write(self.log_fd, header.encode("utf-8", "replace"))
+            self.log_start = written if fresh else os.lseek(self.log_fd, 0, os.SEEK_END)
         except OSError as exc:
             if self.log_fd is not None:
                 os.close(self.log_fd)
@@ -127,14 +143,19 @@ class RunningJob:
     def poll(self):
         return self.proc.poll() if self.proc else -1
 
-    def wait(self, timeout, wake=(), check=None):
+    def wait(self, timeout, wake=(), check=None, first_check=1.0):
         """Wait until the job ends, waking when one of `wake` (objects with fileno(): a
         self-pipe, an inotify fd) is readable, and at least every second. The time limit
         (seconds, or None) kills the group and sets timed_out. At every wake check() (if
         given) returns (reason, seconds until it wants to be asked again): reason
         "stopped", "cancelled" or "lost" kills the group and sets that flag ("lost" at once:
-        another host may already be taking the job); None carries on."""
+        another host may already be taking the job); None carries on. The first check is
+        made after at most `first_check` seconds (or at the first wake): a short job ends
+        before it and needs none."""
         deadline = self.started + timeout if timeout else None
+        if self.pidfd is not None:
+            limit = max(0.0, min(first_check, timeout or first_check))
+            select.select([*wake, self.pidfd], [], [], limit)
         while self.poll() is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -182,13 +203,14 @@ class RunningJob:
             result = Result(exit_code=self.exit_code, duration_s=duration,
                             error=self.spawn_error)
         else:
-            code = self.proc.wait()
-            result = _result(code, duration, self.timed_out, self.stopped)
+            result = _result(self.proc.wait(), duration, self.timed_out, self.stopped)
             result.cancelled = self.cancelled
-            if not result.ok and not result.timed_out and not result.stopped:
-                tail = self._last_line()
-                if tail:
-                    result.error = f"{result.error}: {tail}"
+        printed = self._printed_end()
+        if not (result.ok or result.timed_out or result.stopped or self.spawn_error):
+            tail = _last_line(printed[-400:])
+            if tail:
+                result.error = f"{result.error}: {tail}"
+        self.output_end = printed.decode("utf-8", "replace")
         result.started_at = self.started_at
         outcome = "ok" if result.ok else result.error
         if self.log_fd is not None:
@@ -198,23 +220,24 @@ class RunningJob:
             os.close(self.pidfd)
         return result
 
-    def _last_line(self):
+    def _printed_end(self):
+        """The last history.TAIL_READ bytes the command printed, read through the log's fd
+        (a command that printed nothing costs one lseek, no read)."""
         if self.log_fd is None:
-            return ""
+            return b""
         try:
-            return self._tail()
+            end = os.lseek(self.log_fd, 0, os.SEEK_END)
+            start = max(self.log_start, end - TAIL_READ)
+            return os.pread(self.log_fd, end - start, start) if end > start else b""
         except OSError:       # the log became unreadable (a dead or restarted mount)
-            return ""
+            return b""
 
-    def _tail(self):
-        """The last line this attempt printed: the shell's own message for 126/127."""
-        end = os.lseek(self.log_fd, 0, os.SEEK_END)
-        start = max(self.log_start, end - 400)
-        if end <= start:
-            return ""
-        text = os.pread(self.log_fd, end - start, start).decode("utf-8", "replace")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1][:300] if lines else ""
+
+def _last_line(printed):
+    """The last line a command printed: the shell's own message for 126/127."""
+    text = printed.decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def end_interrupted_log(path, note):
@@ -279,14 +302,14 @@ def header(job_id, attempt, worker_label, now_text):
     return f"=== queuectl {job_id} attempt {attempt} at {now_text} on {worker_label}\n"
 
 
-def job_environment(job_id, attempt, home, base=None):
+def job_environment(job_id, attempt, home, base=None, worker_pid=None):
     """The job's environment: `base` (a copy of os.environ a worker makes once) plus its id,
-    attempt, home and the pid of the worker running it (this process: $PPID is not that if
-    the worker died before the shell started, when the orphan was already handed to the
-    supervisor)."""
+    attempt, home and the pid of the worker running it (this process, `worker_pid` if the
+    caller knows it: $PPID is not that if the worker died before the shell started, when
+    the orphan was already handed to the supervisor)."""
     env = dict(os.environ if base is None else base)
     env.update(QUEUECTL_JOB_ID=job_id, QUEUECTL_ATTEMPT=str(attempt), QUEUECTL_HOME=home,
-               QUEUECTL_WORKER_PID=str(os.getpid()))
+               QUEUECTL_WORKER_PID=str(worker_pid or os.getpid()))
     return env
 
 
@@ -340,22 +363,25 @@ def spawn(command, cwd, env, log_fd, lock_fd):
         close_inherited_fds_on_exec()
     actions = [(os.POSIX_SPAWN_OPEN, 0, _DEVNULL, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
+    inherit = lock_fd >= 0 and not _DUP2_CLEARS_CLOEXEC
+    if lock_fd >= 0 and _DUP2_CLEARS_CLOEXEC:
+        actions.append((os.POSIX_SPAWN_DUP2, lock_fd, lock_fd))
     here = None
-    if cwd != _cwd():
+    if cwd != (_settled[0] if _settled else _cwd()):
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.chdir(cwd)
         except BaseException:
             os.close(here)
             raise
-    if lock_fd >= 0:
+    if inherit:
         os.set_inheritable(lock_fd, True)
     try:
         # Python resets the signals it set to "ignore" (SIGPIPE, SIGXFSZ) as Popen does.
         pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
                              file_actions=actions, setsid=True, setsigdef=_SIGDEF)
     finally:
-        if lock_fd >= 0:
+        if inherit:
             os.set_inheritable(lock_fd, False)
         if here is not None:
             try:
@@ -366,6 +392,20 @@ def spawn(command, cwd, env, log_fd, lock_fd):
 
 
 _INHERITED_FDS_CLOSED = []
+
+
+def _dup2_clears_cloexec():
+    """Does posix_spawn's dup2 of an fd onto itself clear its close-on-exec flag in the
+    child? glibc does since 2.29 (and POSIX.1-2024 asks it), so the lock fd reaches the job
+    without two fcntl calls around the spawn; elsewhere they are made."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 29)
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+_DUP2_CLEARS_CLOEXEC = _dup2_clears_cloexec()
 
 
 def close_inherited_fds_on_exec():
@@ -385,6 +425,17 @@ def close_inherited_fds_on_exec():
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
+
+
+_settled = []     # the directory this process settled in for good (settle_in)
+
+
+def settle_in(directory):
+    """Make `directory` this process's working directory for good: a worker settles in its
+    home, every job's default cwd, so spawning a job there needs no getcwd and no chdir.
+    (A job's relative cwd is then taken from the home, too.)"""
+    os.chdir(directory)
+    _settled[:] = [directory]
 
 
 def _cwd():

@@ -50,7 +50,20 @@ DOWN_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESHUTDOWN, errno.ENODEV, errno.E
 # Filesystem types whose directories other machines may share (from /proc/self/mountinfo).
 SHARED_FILESYSTEMS = ("nfs", "nfs4", "ceph", "glusterfs", "cifs", "smb3", "lustre", "gpfs",
                       "gfs2", "ocfs2", "beegfs", "9p", "afs", "orangefs")
+LOCAL_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs",
+                     "bcachefs", "jfs", "reiserfs", "overlay")
 _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to import)
+# Names of files in tmp/: host, pid and a random tag made once per process, then a counter
+# (no getpid or getrandom call per file); a forked child makes its own.
+_tmp_names = []
+
+
+def _new_tmp_names():
+    import itertools
+    _tmp_names[:] = [f"{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.", itertools.count()]
+
+
+os.register_at_fork(after_in_child=_tmp_names.clear)
 
 
 class NotAJobFile(Exception):
@@ -105,6 +118,9 @@ class Spool:
         self.max_job_bytes = max_job_bytes
         self._ready = False
         self._submitters = None
+        # finish() re-checks the claim first (check_claim) unless the owner knows that its
+        # flock cannot be lost: a worker on a local filesystem turns this off.
+        self.fence_claims = True
 
     # ---- layout -------------------------------------------------------------------------
     def dir(self, state):
@@ -132,16 +148,8 @@ class Spool:
                 pass
         self._ready = True
 
-    def ensure_output(self):
-        """Re-create output/ if it was deleted since ensure_layout ran (which runs once per
-        process). Errors are left to the log's open, which reports them for the job."""
-        try:
-            os.mkdir(self.dir("output"), 0o700)
-        except OSError:
-            pass
-
     def is_paused(self):
-        return os.path.lexists(self._prefix + PAUSE_FILE)
+        return os.access(self._prefix + PAUSE_FILE, os.F_OK, follow_symlinks=False)
 
     def set_paused(self, paused):
         """The pause flag is a plain file (spool/PAUSED) so `ls` shows it and any tool can
@@ -296,7 +304,9 @@ class Spool:
         moving while we look can only be one going through processing/, which our claim
         holds, so one look is enough here (unlike find)."""
         name = job_name(job_id)
-        return [s for s in _OTHER_STATES if os.path.lexists(f"{self._prefix}{s}/{name}")]
+        # access() answers without raising (lexists() raises and catches per absent state)
+        return [s for s in _OTHER_STATES
+                if os.access(f"{self._prefix}{s}/{name}", os.F_OK, follow_symlinks=False)]
 
     def foreign(self, state, older_than, now):
         """[(name, age_s)] of files in a job directory that can never be jobs (hidden, or not
@@ -417,7 +427,9 @@ class Spool:
         """Write data to a fresh file in tmp/ and fsync it (unless the caller syncs the
         filesystem after a batch); returns its path."""
         self.ensure_layout()
-        path = f"{self._prefix}tmp/{_HOST}.{os.getpid()}.{os.urandom(6).hex()}"
+        if not _tmp_names:
+            _new_tmp_names()
+        path = f"{self._prefix}tmp/{_tmp_names[0]}{next(_tmp_names[1])}"
         fd = fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             fsops.write_all(fd, data, path)
@@ -525,7 +537,8 @@ class Spool:
         A crash after the move leaves a leftover in processing/ that recovery deletes.
         DuplicateId if dest already holds the id; the claim is then still held. LostClaim
         (nothing moved) if the claim no longer holds: another host may own the job now."""
-        self.check_claim(claim)
+        if self.fence_claims:
+            self.check_claim(claim)
         tmp = self._write_tmp(data)
         try:
             self.settle_claim(claim, dest)
@@ -762,6 +775,12 @@ def filesystem_type(path):
         return kind
     except (OSError, ValueError, IndexError):
         return None
+
+
+def is_local_filesystem(fstype):
+    """True for the filesystems only this machine's kernel writes (a flock on them cannot be
+    lost while its holder lives); unknown types count as not local."""
+    return fstype in LOCAL_FILESYSTEMS
 
 
 def is_shared_filesystem(fstype):

@@ -63,9 +63,15 @@ class Wakeup:
         except BlockingIOError:
             pass
 
-    def drain(self):
-        """((dir, name) pairs, overflowed) since the last drain."""
-        self.clear()
+    def pending(self):
+        """Names or an overflow kept since the last drain (e.g. read while a job ran)."""
+        return bool(self._names) or self.overflowed
+
+    def drain(self, ready=True):
+        """((dir, name) pairs, overflowed) since the last drain; ready=False: the caller saw
+        the pipe empty just now, so it is not read."""
+        if ready:
+            self.clear()
         names, self._names = self._names, set()
         overflowed, self.overflowed = self.overflowed, False
         return names, overflowed
@@ -96,10 +102,10 @@ class Watch:
     def alive(self):
         return self._alive
 
-    def read(self, wakeup):
+    def read(self, wakeup, ready=False):
         """Move the events waiting on the inotify fd (if any) into `wakeup`; never blocks.
-        Returns True if there were any."""
-        if not self._alive or not select.select([self.fd], [], [], 0)[0]:
+        Returns True if there were any. ready=True: the caller's select saw the fd readable."""
+        if not self._alive or not (ready or select.select([self.fd], [], [], 0)[0]):
             return False
         try:
             events = self.inotify.read_events()

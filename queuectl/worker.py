@@ -26,7 +26,7 @@ from . import control, history, hooks, lifecycle, metrics, recovery, runner, wat
 from .ingest import Verdict, judge, settle
 from .picker import Picker
 from .setaside import SetAside
-from .spool import DOWN_ERRNOS, LostClaim, NotAJobFile, is_candidate
+from .spool import DOWN_ERRNOS, PAUSE_FILE, LostClaim, NotAJobFile, is_candidate, is_local_filesystem
 
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
@@ -76,6 +76,7 @@ class Worker:
         self.unsettled = {}        # (state, name) -> when to look again
         self.unjudged = {}         # (state, name) -> None: listed by a scan, not read yet
         self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
+        self.paused = None         # spool/PAUSED seen (None: look again)
         self.recovery_failed = set()   # names in processing/ whose recovery raised
         self.stopping = False
         self.stop_now = False
@@ -192,18 +193,34 @@ class Worker:
             return {}
 
     def _events(self, now):
-        if self.watch is not None:
-            self.watch.read(self.wakeup)
-        names, overflowed = self.wakeup.drain()
+        # One look at both fds (most turns while jobs run back to back find nothing).
+        ready = select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
+                              0)[0]
+        if not ready and not self.wakeup.pending():
+            return
+        if self.watch is not None and self.watch in ready:
+            self.watch.read(self.wakeup, ready=True)
+        names, overflowed = self.wakeup.drain(ready=self.wakeup in ready)
         if overflowed:
             self.next_scan = 0.0
+            self.paused = None
         for state, name in names:
             if state in TAKE_FROM and is_candidate(name):
                 self.consider(state, name, now)
+            elif name == PAUSE_FILE:
+                self.paused = None
+
+    def is_paused(self):
+        """spool/PAUSED, looked at again only when inotify reported a change of it (or on
+        every turn while polling, and at every rescan)."""
+        if self.paused is None or self.watch is None:
+            self.paused = self.home.spool.is_paused()
+        return self.paused
 
     def _housekeeping(self, now):
         self._events(now)
         if now >= self.next_scan:
+            self.paused = None
             self.home.reload_settings()
             if self.watch is not None and not self.watch.alive():
                 log.warning("%s: inotify watcher stopped; polling from now on", self.label)
@@ -269,7 +286,7 @@ class Worker:
         (run, rejected or found a duplicate), False if there was nothing to do."""
         now = self.clock()
         self._housekeeping(now)
-        if self.stopping or self.home.spool.is_paused():
+        if self.stopping or self.is_paused():
             return False
         while not self.stopping:
             candidate = self.picker.pop_ready(now)
@@ -363,11 +380,11 @@ class Worker:
         attempt = doc.get("attempts", 0) + 1
         self.current = doc["id"]
         self.current_claim = held
-        home.spool.ensure_output()
         started = time.time()
         running = runner.RunningJob(
             doc["command"], doc.get("cwd") or home.home,
-            runner.job_environment(doc["id"], attempt, home.home, self.environ), held.fd,
+            runner.job_environment(doc["id"], attempt, home.home, self.environ, self.pid),
+            held.fd,
             home.spool.output_path(doc["id"]),
             runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
         lifecycle.mark_running(home, doc, self.clock())
@@ -388,9 +405,8 @@ class Worker:
                       "recovery", self.label, doc["id"], lost)
             self.next_recovery = 0.0
             return
-        history.append(doc, history.from_run(
-            doc, started, time.time(), self.label, result, home.spool.output_path(doc["id"]),
-            getattr(running, "log_start", None), getattr(running, "cancelled", False)))
+        history.append(doc, history.from_run(doc, started, time.time(), self.label, result,
+                                             running.output_end, running.cancelled))
         now = self.clock()
         try:
             state = lifecycle.finish_attempt(home, held, doc, result, now)
@@ -462,7 +478,9 @@ class Worker:
                 limits.append(next_lock_check - now)
             return None, min(limits)
 
-        running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check)
+        first_check = min(t for t in (cancel_at, flush_at) if t is not None) - running.started
+        running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check,
+                     first_check)
         return lost[0] if lost else None
 
     def _shutdown_timeout(self):
@@ -516,7 +534,7 @@ class Worker:
         due = self.picker.next_due()
         # While paused, ready jobs stay in the picker with due times in the past: waking
         # for them would spin. Resuming is seen through inotify or the poll timer.
-        if due is not None and not (due <= now and self.home.spool.is_paused()):
+        if due is not None and not (due <= now and self.is_paused()):
             limits.append(due - now)
         limits.extend(d - now for d in self.unsettled.values())
         if self.unjudged:
@@ -529,6 +547,8 @@ class Worker:
         if not self._await_spool(home.spool.ensure_layout):
             return EXIT_SPOOL_DOWN
         self.shared, fstype = home.shared_spool()
+        # On a local filesystem nobody can take a claim we hold: no re-check per finish.
+        home.spool.fence_claims = self.shared or not is_local_filesystem(fstype)
         self.watch = watcher.start([home.spool.dir(s) for s in TAKE_FROM] + [home.spool_dir],
                                    self.wakeup)
         log.info("%s started (%s%s)", self.label,
@@ -644,6 +664,7 @@ def run_worker(home, supervisor=None, report_job=None, queues=None):
     """Entry point for a worker process (after fork or from `worker run`); `queues` limits
     it to jobs of those queues (None: every queue)."""
     home.configure_logging("worker")
+    runner.settle_in(home.home)
     worker = Worker(home, supervisor, report_job, queues)
     worker.install_signals()
     return worker.loop()

@@ -181,13 +181,15 @@ def test_symlink_planted_as_the_output_log_is_not_followed(home, cli, spool, tmp
 @pytest.mark.parametrize("target_exists", [True, False], ids=["to-a-file", "dangling"])
 def test_symlink_planted_in_tmp_is_not_followed_by_enqueue(home, cli, spool, tmp_path,
                                                            monkeypatch, target_exists):
-    """enqueue's tmp/ name is host.pid.random; with the randomness pinned the name is known
-    in advance, so a symlink can sit exactly where enqueue writes. enqueue must meet it
-    (its open of that very path is seen through fsops' hook), refuse it (O_EXCL|O_NOFOLLOW:
-    "File exists"), exit 1 and publish nothing."""
+    """enqueue's tmp/ name is host.pid.random.counter; with the randomness pinned (and the
+    process's names started afresh) the name is known in advance, so a symlink can sit
+    exactly where enqueue writes. enqueue must meet it (its open of that very path is seen
+    through fsops' hook), refuse it (O_EXCL|O_NOFOLLOW: "File exists"), exit 1 and publish
+    nothing."""
     from queuectl import fsops
     monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)
-    planted = spool / "tmp" / f"{spoolmod._HOST}.{os.getpid()}.{'01' * 6}"
+    monkeypatch.setattr(spoolmod, "_tmp_names", [])
+    planted = spool / "tmp" / f"{spoolmod._HOST}.{os.getpid()}.{'01' * 4}.0"
     target = tmp_path / "victim"
     if target_exists:
         target.write_bytes(b"precious\n")

@@ -103,14 +103,15 @@ def test_a_log_that_cannot_be_opened_fails_the_attempt_with_that_reason(pool, sp
 
 def test_running_job_has_every_field_when_its_log_cannot_be_opened(tmp_path):
     from queuectl import runner
+    (tmp_path / "file").write_text("a log cannot live below a file")
     job = runner.RunningJob("true", str(tmp_path), dict(os.environ), -1,
-                            str(tmp_path / "missing" / "j.log"), "header\n")
+                            str(tmp_path / "file" / "j.log"), "header\n")
     assert (job.timed_out, job.stopped, job.cancelled, job.pid) == (None, False, False, None)
     result = job.finish("worker test:1")
     assert (result.ok, result.exit_code, result.timed_out, result.stopped) == \
         (False, None, False, False)
-    assert result.error == (f"cannot write the output log {tmp_path}/missing/j.log: "
-                            "No such file or directory; the command was not started")
+    assert result.error == (f"cannot write the output log {tmp_path}/file/j.log: "
+                            "Not a directory; the command was not started")
 
 
 # ---- bug 4: nothing the index does may kill or stall a worker --------------------------------
