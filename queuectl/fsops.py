@@ -105,8 +105,12 @@ def fsync(fd, path=""):
     os.fsync(fd)
 
 
-def fsync_dir(path):
+def fsync_dir(path, fd=None):
+    """fsync a directory: through `fd`, an open fd of it the caller keeps, or opened here."""
     _check("fsyncdir", path)
+    if fd is not None:
+        os.fsync(fd)
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

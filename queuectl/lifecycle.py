@@ -145,8 +145,9 @@ def admit(home, claim, doc, now):
 
 
 def mark_running(home, doc, now):
-    """Index a job as running. Called once its command has been spawned, never between the
-    claim and the spawn (nothing but the spawn may delay a job's start)."""
+    """Index a job as running. Called once its command has run for a group commit's time
+    (worker._wait), never between the claim and the spawn (nothing but the spawn may delay
+    a job's start)."""
     _index_job(home, "claim", doc, "processing", now)
 
 

@@ -121,10 +121,32 @@ class Spool:
         # finish() re-checks the claim first (check_claim) unless the owner knows that its
         # flock cannot be lost: a worker on a local filesystem turns this off.
         self.fence_claims = True
+        self._dir_fds = None     # state -> open fd of its directory, once keep_dir_fds() ran
 
     # ---- layout -------------------------------------------------------------------------
     def dir(self, state):
         return self._prefix + state
+
+    def keep_dir_fds(self):
+        """From now on keep the job directories open: a worker's finishing fsyncs and
+        duplicate checks then need no open and close per job, and look names up in one
+        directory instead of walking the whole path. Called again (a worker does at every
+        rescan), it drops the fds kept so far, so a directory replaced since (by hand) is
+        opened anew."""
+        for fd in (self._dir_fds or {}).values():
+            _close_quietly(fd)
+        self._dir_fds = {}
+
+    def _dir_fd(self, state):
+        """An open fd of a job directory when they are kept (keep_dir_fds), else None."""
+        fds = self._dir_fds
+        if fds is None:
+            return None
+        fd = fds.get(state)
+        if fd is None:
+            fd = fds[state] = os.open(self.dir(state), os.O_RDONLY | os.O_DIRECTORY |
+                                      os.O_CLOEXEC)
+        return fd
 
     def path(self, state, job_id):
         return f"{self._prefix}{state}/{job_id}{JOB_SUFFIX}"
@@ -305,6 +327,9 @@ class Spool:
         holds, so one look is enough here (unlike find)."""
         name = job_name(job_id)
         # access() answers without raising (lexists() raises and catches per absent state)
+        if self._dir_fds is not None:
+            return [s for s in _OTHER_STATES if os.access(name, os.F_OK, dir_fd=self._dir_fd(s),
+                                                          follow_symlinks=False)]
         return [s for s in _OTHER_STATES
                 if os.access(f"{self._prefix}{s}/{name}", os.F_OK, follow_symlinks=False)]
 
@@ -549,7 +574,7 @@ class Spool:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        fsops.fsync_dir(self.dir(dest))
+        fsops.fsync_dir(self.dir(dest), self._dir_fd(dest))
         self.release(claim, unlink=True)
 
     def check_claim(self, claim):
@@ -578,7 +603,7 @@ class Spool:
         move into dest kept, leaving the job in two states (origin and dest). Not needed
         when origin is processing/ (recovery) or dest itself (whose fsync covers it)."""
         if claim.origin not in ("processing", dest):
-            fsops.fsync_dir(self.dir(claim.origin))
+            fsops.fsync_dir(self.dir(claim.origin), self._dir_fd(claim.origin))
 
     def release(self, claim, unlink):
         """Drop a claim: optionally unlink its processing/ file, then close (unlock)."""

@@ -221,6 +221,8 @@ class Worker:
         self._events(now)
         if now >= self.next_scan:
             self.paused = None
+            if not self.home.spool.fence_claims:     # a local filesystem: see keep_dir_fds
+                self.home.spool.keep_dir_fds()
             self.home.reload_settings()
             if self.watch is not None and not self.watch.alive():
                 log.warning("%s: inotify watcher stopped; polling from now on", self.label)
@@ -374,8 +376,9 @@ class Worker:
         return True
 
     def _run(self, held, doc):
-        """Spawn the job, index it as running (after the spawn: nothing delays the start),
-        wait for it, and hand its result to lifecycle, which decides and records the move."""
+        """Spawn the job, wait for it (indexing it as running if it runs longer than a
+        group commit: nothing delays the start), and hand its result to lifecycle, which
+        decides and records the move."""
         home = self.home
         attempt = doc.get("attempts", 0) + 1
         self.current = doc["id"]
@@ -387,12 +390,10 @@ class Worker:
             held.fd,
             home.spool.output_path(doc["id"]),
             runner.header(doc["id"], attempt, self.label, jobmod.iso(started)))
-        lifecycle.mark_running(home, doc, self.clock())
-        self.heartbeat(quick=True)     # status/metrics show it busy now, not next beat
         timeout = doc.get("timeout") or home.settings.job_timeout
         if self.report_job and running.pid:
             self.report_job(running.pid)
-        lost = self._wait(running, timeout, held)
+        lost = self._wait(running, timeout, held, doc)
         result = running.finish(self.label)
         if self.report_job and running.pid:
             self.report_job(0)
@@ -431,15 +432,18 @@ class Worker:
             home.flush_index()
             self.next_flush = now + INDEX_GROUP_SECONDS
 
-    def _wait(self, running, timeout, held=None):
+    def _wait(self, running, timeout, held=None, doc=None):
         """Wait for the job (runner.RunningJob.wait enforces its time limit), waking for
         signals, inotify, heartbeats and the index's group commit; a stop (past the
         shutdown deadline, or at once for SIGUSR1) or a cancel request kills its group.
+        A job still running after INDEX_GROUP_SECONDS is indexed as running then, with our
+        busy heartbeat, and the group is committed (a shorter job's running row would
+        only be replaced by its finish in the same commit, so it is never written).
         The claim's lock is re-asserted every LOCK_CHECK_SECONDS: if it is gone (another
         host may take the job) the group is killed at once. Returns None, or why the claim
         was lost."""
         stop_at = None
-        flush_at = running.started + INDEX_GROUP_SECONDS if self.home.index_pending() else None
+        flush_at = running.started + INDEX_GROUP_SECONDS
         # Short jobs end before anyone could cancel them: no marker lookup for them.
         cancel_at = running.started + CANCEL_CHECK_AFTER
         next_lock_check = running.started + LOCK_CHECK_SECONDS
@@ -468,7 +472,10 @@ class Worker:
             if self.clock() >= self.next_heartbeat:
                 self.heartbeat(busy=True)
             if flush_at is not None and now >= flush_at:
-                self.home.flush_index()     # a longer job: index it as running now
+                if doc is not None:         # a longer job: index it as running now
+                    lifecycle.mark_running(self.home, doc, self.clock())
+                self.heartbeat(quick=True)
+                self.home.flush_index()
                 flush_at = None
             limits = [self.next_heartbeat - self.clock()]
             limits += [t - now for t in (stop_at, flush_at) if t is not None]
@@ -478,7 +485,7 @@ class Worker:
                 limits.append(next_lock_check - now)
             return None, min(limits)
 
-        first_check = min(t for t in (cancel_at, flush_at) if t is not None) - running.started
+        first_check = min(cancel_at, flush_at) - running.started
         running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check,
                      first_check)
         return lost[0] if lost else None
