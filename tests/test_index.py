@@ -262,3 +262,92 @@ def test_grouped_index_updates_lost_with_their_worker_are_repaired_by_ingest(
     ingestmod.ingest(h)
     assert h.index.get("j1")["state"] == ("completed" if racy_rule else "pending")
     h.close()
+
+
+def _tables(index):
+    """Everything a group of worker updates can touch, in a comparable form."""
+    db = index.db
+    return {"jobs": db.execute("SELECT * FROM jobs ORDER BY id").fetchall(),
+            "workers": db.execute("SELECT * FROM workers ORDER BY worker_id").fetchall(),
+            "counters": db.execute("SELECT * FROM counters ORDER BY name").fetchall(),
+            "per_minute": db.execute("SELECT * FROM per_minute ORDER BY minute, outcome")
+            .fetchall(),
+            "timings": db.execute("SELECT finished_ts, outcome, wait_s, run_s FROM timings "
+                                  "ORDER BY seq").fetchall()}
+
+
+def _worker_updates(home):
+    """What a worker queues for three jobs in one group: a, finished; b, still running; c,
+    failed and buried (the dead counter too); its heartbeat at every start and finish."""
+    from queuectl import lifecycle
+    beat = {"worker_id": "w1", "host": "h", "pid": 1, "started_at": T0, "jobs_done": 0,
+            "jobs_failed": 0, "state": "idle"}
+    for n, job_id in enumerate(("a", "b", "c")):
+        doc = {"id": job_id, "command": "true", "priority": 0, "attempts": 0,
+               "max_retries": 0, "created_at": jobmod.iso(T0), "updated_at": jobmod.iso(T0)}
+        now = T0 + 10 * n
+        lifecycle.mark_running(home, doc, now)
+        home.index_update("heartbeat", home.index.heartbeat,
+                          dict(beat, state="busy", current_job=job_id, heartbeat_at=now))
+        if job_id == "b":
+            continue
+        doc.update(attempts=1, updated_at=jobmod.iso(now + 1))
+        move, state = ("complete", "completed") if job_id == "a" else ("bury", "dead")
+        lifecycle._record(home, move, doc, state, now + 1, wait_s=0.5, run_s=1.0)
+        home.index_update("heartbeat", home.index.heartbeat,
+                          dict(beat, jobs_done=n + 1, heartbeat_at=now + 1))
+
+
+def test_a_coalesced_group_writes_what_the_updates_one_by_one_write(tmp_path):
+    """A worker's group (job rows, heartbeats, outcomes) is coalesced into one row per job,
+    one heartbeat per worker and summed outcomes: the tables end exactly as if every update
+    had been written on its own, in order."""
+    from queuectl.home import Home
+    one_by_one, grouped = Home(str(tmp_path / "one")), Home(str(tmp_path / "grouped"))
+    grouped.group_index_updates()
+    for home in (one_by_one, grouped):
+        home.spool.ensure_layout()
+        _worker_updates(home)
+    assert len(grouped._deferred) == 12
+    grouped.flush_index()
+    expected, found = _tables(one_by_one.index), _tables(grouped.index)
+    assert found == expected
+    assert dict(found["counters"]) == {"completed": 1, "failed": 1, "dead": 1}
+    assert [(r[0], r[1]) for r in found["jobs"]] == [("a", "completed"), ("b", "processing"),
+                                                     ("c", "dead")]
+    for home in (one_by_one, grouped):
+        home.close()
+
+
+def test_a_group_with_other_updates_keeps_their_order(tmp_path):
+    """Anything besides rows, heartbeats and outcomes (here a rejection's compare-and-set
+    delete) makes the group write every update in order: coalescing the two rows of j would
+    drop the row the delete removes, and the delete would then find nothing."""
+    from queuectl import lifecycle
+    from queuectl.home import Home
+    home = Home(str(tmp_path / "home"))
+    home.spool.ensure_layout()
+    home.group_index_updates()
+    doc = {"id": "j", "command": "true", "created_at": jobmod.iso(T0),
+           "updated_at": jobmod.iso(T0)}
+    lifecycle.mark_running(home, doc, T0)
+    home.index_update("reject", home.index.delete_if, "j", "processing")
+    home.index_update("reject", home.index.upsert,
+                      [job_row(dict(doc, updated_at=jobmod.iso(T0 - 5)), "pending", T0)])
+    home.flush_index()
+    # In order: processing row, deleted, then the older pending row lands on an empty slot.
+    assert home.index.get("j")["state"] == "pending"
+    home.close()
+
+
+def test_grouped_outcomes_prune_the_timings_window(index, monkeypatch):
+    """Outcomes written in groups still prune the timings window each time the sequence
+    passes a multiple of 1,000 (one row per attempt would do it at that row)."""
+    from queuectl import index as indexmod
+    monkeypatch.setattr(indexmod, "TIMINGS_KEPT", 50)
+    for start in range(0, 1001, 7):
+        index.record_outcomes([("completed", T0 + n, 0.1, 0.2, ())
+                               for n in range(start, min(start + 7, 1001))])
+    rows = index.db.execute("SELECT count(*), max(seq) FROM timings").fetchone()
+    assert rows[1] == 1001 and rows[0] <= 50 + 7
+    assert index.counters()["completed"] == 1001

@@ -18,8 +18,9 @@ import time
 import psutil
 
 from queuectl import job as jobmod
-from workerkit import (JOB_STATES, group_alive, home_processes, describe, ids_in, lines,
-                       pid_alive, pool, q, read_job, spool_files, states_of)  # noqa: F401
+from workerkit import (JOB_STATES, group_alive, home_processes, describe, drop_job,  # noqa: F401
+                       ids_in, lines, lone_worker, pid_alive, pool, q, read_job, spool_files,
+                       states_of)
 
 HEADER = re.compile(r"=== queuectl (\S+) attempt (\d+) "
                     r"at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z on worker (\S+):(\d+)")
@@ -487,3 +488,24 @@ def test_recover_counts_orphans_deletes_leftovers_and_leaves_locked_files_alone(
         (0, "held: worker died: attempt counted, moved to failed (will retry)\n")
     assert read_job(spool, "held", "failed")["attempts"] == 3
     assert run_queuectl("recover").stdout == "nothing to recover\n"
+
+
+def test_a_job_runs_in_the_queue_s_home_or_in_its_cwd_taken_from_there(cli, home, spool,
+                                                                        lone_worker,
+                                                                        wait_until, tmp_path):
+    """A worker started elsewhere (here: the tests' directory) runs a job without `cwd` in
+    the queue's home, and takes a relative `cwd` from the home too, not from wherever the
+    worker happened to be started."""
+    assert cli("init").exit_code == 0
+    (home / "sub").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    drop_job(spool, "plain", f"pwd > {q(out / 'plain')}")
+    drop_job(spool, "relative", f"pwd > {q(out / 'relative')}", cwd="sub")
+    drop_job(spool, "absolute", f"pwd > {q(out / 'absolute')}", cwd=str(tmp_path))
+    assert os.getcwd() != str(home)
+    lone_worker()
+    wait_until(lambda: completed(spool, "plain", "relative", "absolute"), timeout=20,
+               message="the three jobs to complete")
+    assert [(out / n).read_text().strip() for n in ("plain", "relative", "absolute")] == \
+        [str(home), str(home / "sub"), str(tmp_path)]
