@@ -77,6 +77,7 @@ class Worker:
         self.unjudged = {}         # (state, name) -> None: listed by a scan, not read yet
         self.skipped = {}          # (state, name) -> signature: unclaimable and unmovable
         self.paused = None         # spool/PAUSED seen (None: look again)
+        self.beat_due = False      # our heartbeat changed since the last index commit
         self.recovery_failed = set()   # names in processing/ whose recovery raised
         self.stopping = False
         self.stop_now = False
@@ -253,7 +254,7 @@ class Worker:
 
     def purge_expired(self):
         self.retention_checked = True
-        self.home.flush_index()
+        self._flush()
         retention = self.home.settings.completed_retention
         if retention:
             try:
@@ -427,9 +428,9 @@ class Worker:
         if state == "failed":
             self.picker.add("failed", doc["id"], doc.get("priority", 0),
                             lifecycle._due(doc, now))
-        self.heartbeat(quick=True)     # idle again, with the new done/failed counts
+        self.beat_due = True           # idle again, with new done/failed counts: see _flush
         if now >= self.next_flush:
-            home.flush_index()
+            self._flush()
             self.next_flush = now + INDEX_GROUP_SECONDS
 
     def _wait(self, running, timeout, held=None, doc=None):
@@ -474,8 +475,8 @@ class Worker:
             if flush_at is not None and now >= flush_at:
                 if doc is not None:         # a longer job: index it as running now
                     lifecycle.mark_running(self.home, doc, self.clock())
-                self.heartbeat(quick=True)
-                self.home.flush_index()
+                self.beat_due = True
+                self._flush()
                 flush_at = None
             limits = [self.next_heartbeat - self.clock()]
             limits += [t - now for t in (stop_at, flush_at) if t is not None]
@@ -505,10 +506,10 @@ class Worker:
     def heartbeat(self, state=None, busy=False, quick=False):
         """Report our state (metrics.heartbeat: the index row and the Prometheus textfile).
         While a job runs (`busy`) the textfile is built without an ingest, so nothing can
-        delay the job's timeout or stop handling. quick=True (at every job start and finish,
-        so status shows the state at once) queues the row with the grouped index updates and
-        reuses the last CPU and memory figures: no /proc scan, no textfile, no extra commit,
-        and the timer is left alone."""
+        delay the job's timeout or stop handling. quick=True (queued by _flush with each
+        group commit after a job started or ended, so status shows the state at once) queues
+        the row with the grouped index updates and reuses the last CPU and memory figures: no
+        /proc scan, no textfile, no extra commit, and the timer is left alone."""
         record = {"worker_id": self.worker_id, "host": runner.HOSTNAME, "pid": self.pid,
                   "started_at": self.started_at, "current_job": self.current,
                   "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
@@ -522,6 +523,7 @@ class Worker:
             return
         self.next_heartbeat = self.clock() + HEARTBEAT_SECONDS
         hooks.reap()
+        self.beat_due = False          # this full beat carries the same and more
         self.home.flush_index()
         written = metrics.heartbeat(self.home, record, self.label, ingest_first=not busy)
         self._stats = (written["cpu_percent"], written["rss_bytes"])
@@ -535,6 +537,15 @@ class Worker:
             self.backlog_minute = minute
             self.home.index_safely("backlog sample", metrics.record_backlog, self.home,
                                    self.clock())
+
+    def _flush(self):
+        """Commit the grouped index updates, with our heartbeat as of now if a job started
+        or ended since the last commit (queued here, not at every start and end: of a group
+        of short jobs only the last beat would be written anyway)."""
+        if self.beat_due:
+            self.beat_due = False
+            self.heartbeat(quick=True)
+        self.home.flush_index()
 
     def _idle_timeout(self, now):
         limits = [self.next_scan - now, self.next_heartbeat - now]
@@ -587,13 +598,13 @@ class Worker:
                     continue
                 if self.stopping:
                     break
-                home.flush_index()      # idle: the index catches up before we sleep
+                self._flush()           # idle: the index catches up before we sleep
                 select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
                               self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:
                 self.watch.stop()
-            home.flush_index()
+            self._flush()
             home.index_safely("worker exit", home.index.delete_worker, self.worker_id)
             if self.shared:
                 try:
