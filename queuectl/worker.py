@@ -26,7 +26,8 @@ from . import control, history, hooks, lifecycle, metrics, recovery, runner, wat
 from .ingest import Verdict, judge, settle
 from .picker import Picker
 from .setaside import SetAside
-from .spool import DOWN_ERRNOS, PAUSE_FILE, LostClaim, NotAJobFile, is_candidate, is_local_filesystem
+from .spool import (DOWN_ERRNOS, PAUSE_FILE, LostClaim, NotAJobFile, filesystem_type,
+                    is_candidate, is_local_filesystem)
 
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS
@@ -213,8 +214,9 @@ class Worker:
 
     def is_paused(self):
         """spool/PAUSED, looked at again only when inotify reported a change of it (or on
-        every turn while polling, and at every rescan)."""
-        if self.paused is None or self.watch is None:
+        every turn while polling or on a shared spool, whose other hosts' changes inotify
+        does not see, and at every rescan)."""
+        if self.paused is None or self.watch is None or self.shared:
             self.paused = self.home.spool.is_paused()
         return self.paused
 
@@ -682,7 +684,11 @@ def run_worker(home, supervisor=None, report_job=None, queues=None):
     """Entry point for a worker process (after fork or from `worker run`); `queues` limits
     it to jobs of those queues (None: every queue)."""
     home.configure_logging("worker")
-    runner.settle_in(home.home)
+    # A job without a cwd runs in the home: spawning it there is cheaper from inside it. Not
+    # on a network filesystem, whose client may restart and leave a settled cwd dead: jobs
+    # then change into the home by path each time, as into any other cwd.
+    if is_local_filesystem(filesystem_type(home.home)):
+        runner.settle_in(home.home)
     worker = Worker(home, supervisor, report_job, queues)
     worker.install_signals()
     return worker.loop()
