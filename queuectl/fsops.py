@@ -203,11 +203,9 @@ def rename_noreplace(src, dst):
     link and its unlink (by a crash, or a power cut that kept both names): it is finished
     by unlinking src, not reported as a duplicate (which would copy the file again)."""
     global _use_renameat2
-    fn = (_libc.queuectl_renameat2 if _libc is not None else _renameat2()) \
-        if _use_renameat2 else None
+    fn = _renameat2() if _use_renameat2 else None
     if fn is not None:
-        if _hook is not None:
-            _check("rename", dst, src=str(src))
+        _check("rename", dst, src=str(src))
         if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
             return
         code = _get_errno()
