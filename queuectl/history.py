@@ -135,15 +135,22 @@ def _read_end(path, start, size):
     except OSError:
         return "", 0
     try:
-        end = os.fstat(fd).st_size
-        offset = max(start, end - size)
-        if end <= offset:
-            return "", offset
-        return os.pread(fd, end - offset, offset).decode("utf-8", "replace"), offset
+        data, offset = read_end(fd, start, size)
+        return data.decode("utf-8", "replace"), offset
     except OSError:
         return "", 0
     finally:
         os.close(fd)
+
+
+def read_end(fd, start, size):
+    """(bytes, offset) of at most the last `size` bytes of an open file from `start` on:
+    a file with nothing past `start` costs one fstat, no read."""
+    end = os.fstat(fd).st_size
+    offset = max(start, end - size)
+    if end <= offset:
+        return b"", offset
+    return os.pread(fd, end - offset, offset), offset
 
 
 def attach(home, rows):

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .history import TAIL_READ
+from .history import TAIL_READ, read_end
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -221,14 +221,11 @@ class RunningJob:
         return result
 
     def _printed_end(self):
-        """The last history.TAIL_READ bytes the command printed, read through the log's fd
-        (a command that printed nothing costs one lseek, no read)."""
+        """The last history.TAIL_READ bytes the command printed, read through the log's fd."""
         if self.log_fd is None:
             return b""
         try:
-            end = os.lseek(self.log_fd, 0, os.SEEK_END)
-            start = max(self.log_start, end - TAIL_READ)
-            return os.pread(self.log_fd, end - start, start) if end > start else b""
+            return read_end(self.log_fd, self.log_start, TAIL_READ)[0]
         except OSError:       # the log became unreadable (a dead or restarted mount)
             return b""
 
