@@ -59,17 +59,12 @@ def judge(home, state, name, now, data=None, st=None):
         except NotAJobFile as exc:
             return Verdict("gone" if exc.gone else "reject", reason=exc.reason)
     try:
-        doc = jobmod.validate(jobmod.loads_object(data), stem=stem)
+        doc = lifecycle.parse_job(home, data, stem, st, now)
     except InvalidJob as exc:
         until = st.st_mtime + home.settings.settle_seconds
         return Verdict("wait" if now < until else "reject", reason=str(exc), st=st,
                        until=until)
-    # The mtime only stands in for a missing created_at (capped at now: a future mtime from
-    # `cp -p` or clock skew is no creation time); it never schedules the job.
-    defaults = {"max_retries": home.settings.max_retries,
-                "created_at": None if doc.get("created_at") else
-                jobmod.iso(min(st.st_mtime, now))}
-    return Verdict("take", doc=jobmod.complete(doc, defaults, now), st=st, data=data)
+    return Verdict("take", doc=doc, st=st, data=data)
 
 
 def settle(home, state, name, verdict, now):

@@ -104,12 +104,20 @@ def publish(home, docs, now):
 
 # ---- claiming ---------------------------------------------------------------------------
 
-def parse_claimed(home, claim, now):
-    """The job held by a claim, validated and completed with defaults. Raises InvalidJob."""
-    doc = jobmod.validate(jobmod.loads_object(claim.data), stem=claim.job_id)
+def parse_job(home, data, stem, st, now):
+    """The job in a file's bytes (`st` its stat), validated and completed with defaults.
+    Raises InvalidJob. The mtime only stands in for a missing created_at (capped at now: a
+    future mtime from `cp -p` or clock skew is no creation time); it never schedules it."""
+    doc = jobmod.validate(jobmod.loads_object(data), stem=stem)
     defaults = {"max_retries": home.settings.max_retries,
-                "created_at": jobmod.iso(min(claim.st.st_mtime, now))}
+                "created_at": None if doc.get("created_at") else
+                jobmod.iso(min(st.st_mtime, now))}
     return jobmod.complete(doc, defaults, now)
+
+
+def parse_claimed(home, claim, now):
+    """The job held by a claim (parse_job). Raises InvalidJob."""
+    return parse_job(home, claim.data, claim.job_id, claim.st, now)
 
 
 def claim(home, state, job_id):
