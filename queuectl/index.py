@@ -433,7 +433,7 @@ class Index:
                       "state")
 
     def heartbeat(self, record):
-        self.db.execute(HEARTBEAT_SQL, tuple(record.get(c) for c in self.WORKER_COLUMNS))
+        self.db.execute(HEARTBEAT_SQL, _worker_row(record))
 
     def workers(self):
         cols = self.WORKER_COLUMNS
@@ -501,9 +501,7 @@ class Index:
                 self.db.executemany(UPSERT_SQL, [job_row(*row) if isinstance(row[0], dict)
                                                  else row for row in rows.values()])
             if beats:
-                cols = self.WORKER_COLUMNS
-                self.db.executemany(HEARTBEAT_SQL, [tuple(b.get(c) for c in cols)
-                                                    for b in beats.values()])
+                self.db.executemany(HEARTBEAT_SQL, map(_worker_row, beats.values()))
             if outcomes:
                 self.record_outcomes(outcomes)
 
@@ -557,6 +555,11 @@ UPSERT_SQL = (f"INSERT INTO jobs ({','.join(ROW_COLUMNS)}) VALUES "
 HEARTBEAT_SQL = (f"INSERT OR REPLACE INTO workers ({','.join(Index.WORKER_COLUMNS)}) VALUES "
                  f"({','.join('?' * len(Index.WORKER_COLUMNS))})")
 _COALESCED = ("upsert", "upsert_job", "heartbeat", "record_outcome")
+
+
+def _worker_row(record):
+    """A heartbeat record (dict) as the workers table's row (WORKER_COLUMNS)."""
+    return tuple(map(record.get, Index.WORKER_COLUMNS))
 
 
 class _Transaction:
