@@ -448,9 +448,9 @@ def process_stats(proc_cache={}):
     counts from that call on."""
     import psutil
     me = proc_cache.get("me")
-    if me is None:
+    first = me is None
+    if first:
         me = proc_cache["me"] = psutil.Process()
-        me.cpu_percent(None)
     cpu, rss = 0.0, 0
     seen = {}
     try:
@@ -460,11 +460,15 @@ def process_stats(proc_cache={}):
     for proc in [me, *children]:
         try:
             known = me if proc is me else proc_cache.get(proc.pid)
-            if known is None or known.create_time() != proc.create_time():
+            new = first if proc is me else \
+                known is None or known.create_time() != proc.create_time()
+            if new:
                 known = proc
-                known.cpu_percent(None)   # a new process: this call starts its measurement
             with known.oneshot():
-                cpu += known.cpu_percent(None)
+                # A new process's first call only starts its measurement: asked twice in a
+                # row, psutil divides a 10 ms clock tick by microseconds (thousands of %).
+                percent = known.cpu_percent(None)
+                cpu += 0.0 if new else percent
                 rss += known.memory_info().rss
         except psutil.Error:
             continue                      # exited meanwhile
