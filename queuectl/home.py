@@ -12,8 +12,9 @@ import time
 
 from .config import Settings
 from .errors import NoQueue
+from .filesystems import is_shared_filesystem
 from .index import Index
-from .spool import Spool, is_shared_filesystem
+from .spool import Spool
 from .logs import log
 
 # After an index update times out on another process's lock, skip index updates this long

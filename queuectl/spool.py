@@ -1,7 +1,11 @@
-"""The spool: the only module that knows the directory layout and moves job files between
-state directories. (Other modules touch files that are not jobs: fsck deletes stale tmp/
-files, runner replaces an output log that is not a regular file, index sets a broken
-database aside.)
+"""The spool: the only code that knows the directory layout, and the moves of job files
+between state directories (this module: layout, reading, publishing, claiming, finishing,
+rejecting). The Spool class also carries, from modules of their own, the control files
+beside the jobs (spool_control: pause flag, cancel markers, heartbeats, stop requests) and
+retention (spool_retention: ageing out and purging); the names they all share are in
+spoolnames, re-exported here. (Other modules touch files that are not jobs: fsck deletes
+stale tmp/ files, runner replaces an output log that is not a regular file, index sets a
+broken database aside.)
 
 A job's state is the directory its file sits in. Invariants kept here:
 - No move overwrites (renameat2 NOREPLACE or link+unlink): an existing destination means a
@@ -22,36 +26,23 @@ On failure, OSErrors other than the expected races propagate to the caller; ENOT
 
 import errno
 import fcntl
-import json
 import os
-import stat
 
 from . import fsops
 from .errors import DuplicateId
+from .filesystems import filesystem_type
 from .job import JOB_SUFFIX
 from .logs import log
+from .spool_control import ControlFiles
+from .spool_lookups import Lookups
+from .spool_reading import SafeReads
+from .spool_retention import Retention
+# The shared names are re-exported: the rest of queuectl imports the spool's names from here.
+from .spoolnames import (ALL_DIRS, DOWN_ERRNOS, GONE_ERRNOS, JOB_STATES,  # noqa: F401
+                         PAUSE_FILE, PRIVATE_DIRS, REASON_SUFFIX, WORKERS_DIR, NotAJobFile,
+                         close_quietly, display_name, is_candidate, job_name, unlink_quietly)
 
-JOB_STATES = ("pending", "processing", "failed", "completed", "dead")
-PRIVATE_DIRS = ("rejected", "output")    # may hold secrets from job output or bad drops
-ALL_DIRS = ("tmp", *JOB_STATES, *PRIVATE_DIRS)
 SYNCFS_MIN_BATCH = 32        # publish_many syncs the filesystem once from this many jobs on
-_OTHER_STATES = tuple(s for s in JOB_STATES if s != "processing")
-REASON_SUFFIX = ".reason"
-CANCEL_PREFIX, CANCEL_SUFFIX = ".", ".cancel"
-PAUSE_FILE = "PAUSED"
-WORKERS_DIR = "workers"   # heartbeats of every host's workers and stop requests (shared spools)
-STOP_SUFFIX = ".stop"
-# The file vanished or was replaced under an fd we had just opened: another host claimed,
-# finished or unlinked it (ENOENT from flock/fstat/pread on JuiceFS, ESTALE on NFS), or our
-# filesystem client restarted (EBADF). Lost the race: skip.
-GONE_ERRNOS = (errno.ENOENT, errno.ESTALE, errno.EBADF)
-# The spool itself is unreachable: a dead network mount (ENOTCONN), an I/O error.
-DOWN_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESHUTDOWN, errno.ENODEV, errno.EHOSTDOWN)
-# Filesystem types whose directories other machines may share (from /proc/self/mountinfo).
-SHARED_FILESYSTEMS = ("nfs", "nfs4", "ceph", "glusterfs", "cifs", "smb3", "lustre", "gpfs",
-                      "gfs2", "ocfs2", "beegfs", "9p", "afs", "orangefs")
-LOCAL_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs",
-                     "bcachefs", "jfs", "reiserfs", "overlay")
 _HOST = os.uname().nodename.split(".")[0] or "host"   # (socket costs 2 ms to import)
 # Names of files in tmp/: host, pid and a random tag made once per process, then a counter
 # (no getpid or getrandom call per file); a forked child makes its own.
@@ -64,16 +55,6 @@ def _new_tmp_names():
 
 
 os.register_at_fork(after_in_child=_tmp_names.clear)
-
-
-class NotAJobFile(Exception):
-    """The path cannot be a job (symlink, FIFO, directory, too big, unreadable). `gone`
-    is True when the file vanished (another process moved it: a lost race, not a problem)."""
-
-    def __init__(self, reason, gone=False):
-        super().__init__(reason)
-        self.reason = reason
-        self.gone = gone
 
 
 class LostClaim(OSError):
@@ -90,28 +71,7 @@ class Claim:
         self.job_id, self.fd, self.data, self.st, self.origin = job_id, fd, data, st, origin
 
 
-def display_name(name):
-    """A file name as text that is always printable and storable (bad UTF-8 escaped)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def job_name(job_id):
-    return job_id + JOB_SUFFIX
-
-
-def attempt_mark(data):
-    """Names one attempt of a job: a digest of the job file as claimed for it. Every attempt
-    is claimed from a file rewritten since the last one (attempts and updated_at change)."""
-    import hashlib
-    return hashlib.sha256(data).hexdigest()[:20]
-
-
-def is_candidate(name):
-    """Names that may be jobs: '<something>.json', not hidden (tools write '.x.part')."""
-    return name.endswith(JOB_SUFFIX) and not name.startswith(".")
-
-
-class Spool:
+class Spool(SafeReads, Lookups, ControlFiles, Retention):
     def __init__(self, root, max_job_bytes=1048576):
         self.root = os.path.abspath(root)
         self._prefix = os.path.join(self.root, "")     # root + "/", for cheap path building
@@ -134,7 +94,7 @@ class Spool:
         rescan), it drops the fds kept so far, so a directory replaced since (by hand) is
         opened anew."""
         for fd in (self._dir_fds or {}).values():
-            _close_quietly(fd)
+            close_quietly(fd)
         self._dir_fds = {}
 
     def _dir_fd(self, state):
@@ -170,283 +130,6 @@ class Spool:
                 pass
         self._ready = True
 
-    def is_paused(self):
-        return os.access(self._prefix + PAUSE_FILE, os.F_OK, follow_symlinks=False)
-
-    def set_paused(self, paused):
-        """The pause flag is a plain file (spool/PAUSED) so `ls` shows it and any tool can
-        pause the queue with `touch`."""
-        path = os.path.join(self.root, PAUSE_FILE)
-        if paused:
-            self.ensure_layout()
-            os.close(fsops.open_(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
-        else:
-            _unlink_quietly(path)
-
-    def _cancel_marker(self, job_id):
-        return os.path.join(self.dir("processing"), CANCEL_PREFIX + job_id + CANCEL_SUFFIX)
-
-    def request_cancel(self, job_id):
-        """Ask the worker running job_id's current attempt to kill it and bury it as
-        cancelled: processing/.<id>.cancel (a dot-file, never taken for a job) naming that
-        attempt by attempt_mark of its file. A marker left behind (its writer was killed)
-        never matches a later attempt, whose claim is of a rewritten file. Returns False if
-        the job is not in processing/ (any more)."""
-        try:
-            data, _ = self.read("processing", job_name(job_id))
-        except NotAJobFile:
-            return False
-        self.write_private("processing", CANCEL_PREFIX + job_id + CANCEL_SUFFIX,
-                           attempt_mark(data).encode() + b"\n")
-        return True
-
-    def cancel_requested(self, job_id, claimed_data):
-        """True if a cancel marker targets the attempt claimed with these bytes."""
-        target = self._cancel_target(job_id)
-        return target is not None and target == attempt_mark(claimed_data)
-
-    def _cancel_target(self, job_id):
-        """The attempt mark a cancel marker names; None without one, "" if unreadable."""
-        try:
-            fd = os.open(self._cancel_marker(job_id),
-                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return ""
-        try:
-            return os.read(fd, 256).decode("ascii", "replace").strip()
-        except OSError:
-            return ""
-        finally:
-            os.close(fd)
-
-    def stale_cancels(self):
-        """{job id: why} for cancel markers that target no running attempt: the job left
-        processing/, or it runs another attempt than the one the marker names."""
-        try:
-            names = os.listdir(self.dir("processing"))
-        except FileNotFoundError:
-            return {}
-        stale = {}
-        for name in names:
-            if not (name.startswith(CANCEL_PREFIX) and name.endswith(CANCEL_SUFFIX)):
-                continue
-            job_id = name[len(CANCEL_PREFIX):-len(CANCEL_SUFFIX)]
-            try:
-                data, _ = self.read("processing", job_name(job_id))
-            except NotAJobFile:
-                stale[job_id] = "the job is not in processing/"
-                continue
-            if self._cancel_target(job_id) != attempt_mark(data):
-                stale[job_id] = "it names an earlier attempt than the one running"
-        return stale
-
-    def clear_cancel(self, job_id):
-        _unlink_quietly(self._cancel_marker(job_id))
-
-    def files_older_than(self, state, cutoff):
-        """Names in a state directory last changed before `cutoff`; in rejected/, names
-        rejected before it (see rejected_at)."""
-        if state == "rejected":
-            return [name for name in self.rejected_names()
-                    if (self.rejected_at(name) or cutoff) < cutoff]
-        old = []
-        for name in self.names(state):
-            st = self.lstat(state, name)
-            if st is not None and st.st_mtime < cutoff:
-                old.append(name)
-        return old
-
-    def rejected_at(self, name):
-        """When rejected/<name> was rejected: its reason file's mtime (written at the
-        rejection). The file itself keeps the bytes and the mtime it was dropped with, so
-        its own mtime (the fallback when the reason is missing) is the drop time."""
-        st = self.lstat("rejected", name + REASON_SUFFIX) or self.lstat("rejected", name)
-        return st.st_mtime if st is not None else None
-
-    def purge(self, state, name):
-        """Delete a job file, its output log, and (for rejected/) its reason file. A
-        rejected directory is removed with its contents."""
-        path = os.path.join(self.dir(state), name)
-        if state == "rejected":
-            _unlink_quietly(path + REASON_SUFFIX)
-            st = self.lstat(state, name)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                import shutil
-                shutil.rmtree(path, ignore_errors=True)
-                return
-        else:
-            _unlink_quietly(self.output_path(name[:-len(JOB_SUFFIX)]))
-        _unlink_quietly(path)
-
-    def state_mtimes(self):
-        """{dir: mtime_ns} for every job-holding directory (rejected included)."""
-        result = {}
-        for name in (*JOB_STATES, "rejected"):
-            try:
-                result[name] = os.stat(self.dir(name)).st_mtime_ns
-            except FileNotFoundError:
-                result[name] = 0
-        return result
-
-    def names(self, state):
-        """Candidate job names in one directory (unsorted)."""
-        try:
-            return [name for name in os.listdir(self.dir(state)) if is_candidate(name)]
-        except FileNotFoundError:
-            return []
-
-    def holds_jobs(self):
-        """True if any state directory holds a job file (stops at the first one found)."""
-        for state in JOB_STATES:
-            try:
-                with os.scandir(self.dir(state)) as entries:
-                    if any(is_candidate(entry.name) for entry in entries):
-                        return True
-            except OSError:
-                continue
-        return False
-
-    def find(self, job_id):
-        """The job states holding <id>.json right now (normally one; two after a crash).
-        A job moving against the scan order (dead or failed -> processing -> pending) can
-        slip between two lstat calls and be seen nowhere, so an empty answer is checked
-        again before it is believed."""
-        name = job_name(job_id)
-        for _ in range(3):
-            found = [s for s in JOB_STATES if os.path.lexists(os.path.join(self.root, s, name))]
-            if found:
-                break
-        return found
-
-    def others(self, job_id):
-        """The states other than processing/ holding <id>.json, looked at once each: what a
-        worker asks about a job it has just claimed into processing/ (a duplicate id). A copy
-        moving while we look can only be one going through processing/, which our claim
-        holds, so one look is enough here (unlike find)."""
-        name = job_name(job_id)
-        # access() answers without raising (lexists() raises and catches per absent state)
-        if self._dir_fds is not None:
-            return [s for s in _OTHER_STATES if os.access(name, os.F_OK, dir_fd=self._dir_fd(s),
-                                                          follow_symlinks=False)]
-        return [s for s in _OTHER_STATES
-                if os.access(f"{self._prefix}{s}/{name}", os.F_OK, follow_symlinks=False)]
-
-    def foreign(self, state, older_than, now):
-        """[(name, age_s)] of files in a job directory that can never be jobs (hidden, or not
-        ending in .json) and have not changed for `older_than` seconds: a tool staged them
-        and never renamed them, or someone dropped them under the wrong name."""
-        try:
-            names = os.listdir(self.dir(state))
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            if is_candidate(name):
-                continue
-            st = self.lstat(state, name)
-            if st is not None and now - st.st_mtime >= older_than:
-                found.append((name, now - st.st_mtime))
-        return sorted(found)
-
-    def ids_with_prefix(self, prefix):
-        """Sorted ids of the jobs in any state whose id starts with `prefix`."""
-        found = set()
-        for state in JOB_STATES:
-            found.update(job_id for job_id in (n[:-len(JOB_SUFFIX)] for n in self.names(state))
-                         if job_id.startswith(prefix))
-        return sorted(found)
-
-    # ---- reading ------------------------------------------------------------------------
-    def _open_checked(self, path, flags):
-        """Open without following symlinks or blocking on FIFOs; refuse non-regular files
-        and oversize ones before any read. Returns (fd, stat)."""
-        try:
-            fd = fsops.open_(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno in GONE_ERRNOS:
-                raise NotAJobFile("vanished", gone=True) from None
-            if exc.errno in DOWN_ERRNOS:
-                raise
-            if exc.errno == errno.ELOOP:
-                raise NotAJobFile("is a symbolic link (never followed)") from None
-            if exc.errno == errno.EISDIR:
-                raise NotAJobFile("is a directory, not a file") from None
-            if exc.errno in (errno.ENXIO, errno.EWOULDBLOCK):
-                raise NotAJobFile("is a special file, not a regular file") from None
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and flags & os.O_RDWR:
-                raise NotAJobFile(_unclaimable(path, exc)) from None
-            raise NotAJobFile(f"cannot be opened: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            self._check_stat(st)
-        except OSError as exc:
-            _close_quietly(fd)
-            if exc.errno in GONE_ERRNOS:
-                raise NotAJobFile("vanished", gone=True) from None
-            raise
-        except BaseException:
-            _close_quietly(fd)
-            raise
-        return fd, st
-
-    def submitters(self):
-        """Users whose files may be jobs: us, root, and the spool's owner. A file owned by
-        anyone else (or a hard link to one) could make us run their commands as us."""
-        if self._submitters is None:
-            owners = {os.geteuid(), 0}
-            try:
-                owners.add(os.stat(self.root).st_uid)
-            except OSError:
-                pass
-            self._submitters = owners
-        return self._submitters
-
-    def _check_stat(self, st):
-        if st.st_uid not in self.submitters():
-            raise NotAJobFile(f"is owned by uid {st.st_uid}, which may not submit jobs "
-                              f"(allowed: {', '.join(map(str, sorted(self.submitters())))})")
-        if stat.S_ISDIR(st.st_mode):
-            raise NotAJobFile("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise NotAJobFile("is a special file (FIFO, socket or device), not a regular file")
-        if st.st_size > self.max_job_bytes:
-            raise NotAJobFile(f"is {st.st_size} bytes, over max_job_bytes "
-                              f"({self.max_job_bytes})")
-
-    def _read_fd(self, fd, size=0):
-        """The file's bytes (at most max_job_bytes, else NotAJobFile). `size` is what a
-        stat said: the first read asks for a little more than that, not for max_job_bytes
-        (a 1 MiB buffer is an mmap and a munmap per job), and only a file that grew past
-        it is read on."""
-        limit = self.max_job_bytes + 1
-        first = min(limit, size + 4096)
-        data = os.pread(fd, first, 0)
-        if len(data) == first and first < limit:
-            data += os.pread(fd, limit - first, first)
-        if len(data) > self.max_job_bytes:
-            raise NotAJobFile(f"grew past max_job_bytes ({self.max_job_bytes}) while read")
-        return data
-
-    def read(self, state, name):
-        """(bytes, stat) of <state>/<name>, read safely; NotAJobFile if it can't be a job."""
-        fd, st = self._open_checked(f"{self._prefix}{state}/{name}", os.O_RDONLY)
-        try:
-            return self._read_fd(fd, st.st_size), st
-        except OSError as exc:
-            if exc.errno in GONE_ERRNOS:     # unlinked by another host after our open
-                raise NotAJobFile("vanished", gone=True) from None
-            raise
-        finally:
-            _close_quietly(fd)
-
-    def lstat(self, state, name):
-        try:
-            return os.lstat(f"{self._prefix}{state}/{name}")
-        except FileNotFoundError:
-            return None
-
     # ---- writing ------------------------------------------------------------------------
     def _write_tmp(self, data, sync=True):
         """Write data to a fresh file in tmp/ and fsync it (unless the caller syncs the
@@ -462,7 +145,7 @@ class Spool:
                 fsops.fsync(fd, path)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(path)
+            unlink_quietly(path)
             raise
         os.close(fd)
         return path
@@ -496,7 +179,7 @@ class Spool:
                 except FileExistsError:
                     raise DuplicateId(f"a job with id {job_id!r} already exists") from None
                 linked.append(job_id)
-                _unlink_quietly(tmps.pop(job_id))
+                unlink_quietly(tmps.pop(job_id))
             fsops.fsync_dir(self.dir(state))
         except BaseException:
             for job_id in linked:
@@ -510,7 +193,7 @@ class Spool:
             raise
         finally:
             for tmp in tmps.values():
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
 
     # ---- claiming and finishing -----------------------------------------------------------
     def claim(self, state, job_id):
@@ -523,15 +206,15 @@ class Spool:
         try:
             taken = self._lock_and_move(fd, st, src, job_id)
         except OSError as exc:
-            _close_quietly(fd)
+            close_quietly(fd)
             if exc.errno in GONE_ERRNOS:
                 return None
             raise
         except BaseException:
-            _close_quietly(fd)
+            close_quietly(fd)
             raise
         if taken is None:
-            _close_quietly(fd)
+            close_quietly(fd)
             return None
         return Claim(job_id, fd, *taken, state)
 
@@ -569,10 +252,10 @@ class Spool:
             self.settle_claim(claim, dest)
             fsops.rename_noreplace(tmp, self.path(dest, claim.job_id))
         except FileExistsError:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise DuplicateId(f"{dest}/ already holds a job with id {claim.job_id!r}") from None
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         fsops.fsync_dir(self.dir(dest), self._dir_fd(dest))
         self.release(claim, unlink=True)
@@ -614,7 +297,7 @@ class Spool:
                 except FileNotFoundError:
                     pass
         finally:
-            _close_quietly(claim.fd)
+            close_quietly(claim.fd)
             claim.fd = -1
 
     def unclaim(self, claim):
@@ -642,88 +325,21 @@ class Spool:
             current = self.lstat("processing", job_name(job_id))
             if st.st_nlink == 0 or current is None or \
                     (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
-                _close_quietly(fd)
+                close_quietly(fd)
                 return None
             try:
                 data = self._read_fd(fd, st.st_size)
             except NotAJobFile:
                 data = b""
         except OSError as exc:
-            _close_quietly(fd)
+            close_quietly(fd)
             if isinstance(exc, BlockingIOError) or exc.errno in GONE_ERRNOS:
                 return None      # owned, or recovered and unlinked by another host
             raise
         except BaseException:
-            _close_quietly(fd)
+            close_quietly(fd)
             raise
         return Claim(job_id, fd, data, st, "processing")
-
-    # ---- what every host must see: worker heartbeats and stop requests ------------------
-    def workers_dir(self):
-        return os.path.join(self.root, WORKERS_DIR)
-
-    def write_worker(self, record):
-        """Publish a worker's heartbeat as workers/<worker_id>.json (tmp + fsync + rename),
-        so `status` on any host sees every host's workers."""
-        os.makedirs(self.workers_dir(), mode=0o755, exist_ok=True)
-        tmp = self._write_tmp(json.dumps(record).encode())
-        fsops.replace(tmp, os.path.join(self.workers_dir(), record["worker_id"] + ".json"))
-
-    def remove_worker(self, worker_id):
-        _unlink_quietly(os.path.join(self.workers_dir(), worker_id + ".json"))
-
-    def worker_records(self):
-        """Every heartbeat record in workers/ (unreadable or half-gone ones skipped)."""
-        records = []
-        try:
-            names = os.listdir(self.workers_dir())
-        except FileNotFoundError:
-            return records
-        for name in names:
-            if name.endswith(".json") and not name.startswith("."):
-                record = self._read_record(os.path.join(self.workers_dir(), name))
-                if isinstance(record, dict) and isinstance(record.get("worker_id"), str):
-                    records.append(record)
-        return records
-
-    @staticmethod
-    def _read_record(path):
-        """A small JSON file that its writer replaces by rename every few seconds: a read
-        that meets the old, just-unlinked inode (ENOENT on a network filesystem) is tried
-        again on the new one. None if it is gone or unreadable."""
-        for _ in range(3):
-            try:
-                with open(path, "rb") as f:
-                    return json.loads(f.read(65536))
-            except OSError as exc:
-                if exc.errno not in GONE_ERRNOS or not os.path.lexists(path):
-                    return None
-            except ValueError:
-                return None
-        return None
-
-    def stop_request_path(self, host):
-        return os.path.join(self.workers_dir(), host + STOP_SUFFIX)
-
-    def request_host_stop(self, host, timeout):
-        """Ask every supervisor of `host` to stop (they poll this file): workers/<host>.stop
-        holding the shutdown timeout, rewritten each time so a change is seen."""
-        os.makedirs(self.workers_dir(), mode=0o755, exist_ok=True)
-        tmp = self._write_tmp(json.dumps({"timeout": timeout,
-                                          "nonce": os.urandom(6).hex()}).encode())
-        fsops.replace(tmp, self.stop_request_path(host))
-
-    def stop_request(self, host):
-        """(identity, timeout) of the host's stop request file, or None. The identity
-        (inode, mtime) changes with every new request."""
-        path = self.stop_request_path(host)
-        try:
-            st = os.stat(path)
-            with open(path, "rb") as f:
-                timeout = float(json.loads(f.read(4096)).get("timeout", 30))
-        except (OSError, ValueError, AttributeError, TypeError):
-            return None
-        return (st.st_ino, st.st_mtime_ns), timeout
 
     # ---- where the spool lives ---------------------------------------------------------
     def filesystem(self):
@@ -772,60 +388,3 @@ class Spool:
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
-
-
-def _unclaimable(path, exc):
-    """Why a job file readable by us cannot be opened read-write (a claim needs that for its
-    lock): names our uid and the file's owner and mode, which is what a user has to fix."""
-    why = f"cannot be claimed: {exc.strerror.lower()}"
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return why
-    return (f"{why} (the worker runs as uid {os.geteuid()}; the file is owned by uid "
-            f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
-def filesystem_type(path):
-    """The filesystem type of the mount holding `path` (longest mount point prefix)."""
-    try:
-        real = os.path.realpath(path)
-        best, kind = "", None
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                point = fields[4].replace("\\040", " ")
-                fstype = fields[fields.index("-") + 1]
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best):
-                    best, kind = point, fstype
-        return kind
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def is_local_filesystem(fstype):
-    """True for the filesystems only this machine's kernel writes (a flock on them cannot be
-    lost while its holder lives); unknown types count as not local."""
-    return fstype in LOCAL_FILESYSTEMS
-
-
-def is_shared_filesystem(fstype):
-    """True for network and cluster filesystems other machines may mount too (any FUSE
-    filesystem counts: JuiceFS, GlusterFS, CephFS and s3fs clients are FUSE)."""
-    if not fstype:
-        return False
-    return fstype in SHARED_FILESYSTEMS or fstype.startswith("fuse.")
-
-
-def _unlink_quietly(path):
-    try:
-        fsops.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _close_quietly(fd):
-    if fd is not None and fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

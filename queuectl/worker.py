@@ -23,11 +23,11 @@ import time
 
 from . import job as jobmod
 from . import control, history, hooks, lifecycle, metrics, recovery, runner, watcher
+from .filesystems import filesystem_type, is_local_filesystem
 from .ingest import Verdict, judge, settle
 from .picker import Picker
 from .setaside import SetAside
-from .spool import (DOWN_ERRNOS, PAUSE_FILE, LostClaim, NotAJobFile, filesystem_type,
-                    is_candidate, is_local_filesystem)
+from .spool import DOWN_ERRNOS, PAUSE_FILE, LostClaim, NotAJobFile, is_candidate
 
 log = logging.getLogger("queuectl")
 HEARTBEAT_SECONDS = metrics.HEARTBEAT_SECONDS

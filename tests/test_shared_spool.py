@@ -13,7 +13,8 @@ import pytest
 
 from queuectl import fsops
 from queuectl.home import Home
-from queuectl.spool import LostClaim, Spool, filesystem_type, is_shared_filesystem
+from queuectl.filesystems import filesystem_type, is_shared_filesystem
+from queuectl.spool import LostClaim, Spool
 from workerkit import pool  # noqa: F401
 
 
