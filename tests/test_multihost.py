@@ -453,7 +453,8 @@ def test_workers_exit_when_the_spool_stays_unreachable(juicefs, hosts, wait_unti
     """A's mount dies for good: its worker logs the dead spool once, backs off, and exits
     (code 75) after SPOOL_DOWN_EXIT_SECONDS; the supervisor starts a new one. (Over a
     minute: stress only.)"""
-    from queuectl.worker import EXIT_SPOOL_DOWN, SPOOL_DOWN_EXIT_SECONDS
+    from queuectl.worker import EXIT_SPOOL_DOWN
+    from queuectl.worker_outage import SPOOL_DOWN_EXIT_SECONDS
     a, _ = hosts
     setup_hosts([a], worker_poll_interval=0.5)
     a.start_workers(1)
