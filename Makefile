@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two test processes (pytest-xdist, one file each at a time): most tests wait on workers and
-# subprocesses, so two share 2 cores well (about 3.2 min instead of 5.8 serially).
+# subprocesses, so two share 2 cores well (4:41-5:30 on this 2-core VM, with the
+# JuiceFS and browser tests; a third process saved ~30 s once and made tests flaky).
 # As root, a second pass runs the permission-sensitive tests as an unprivileged user.
 TEST_PROCESSES ?= 2
 test: $(STAMP)
