@@ -448,8 +448,7 @@ def process_stats(proc_cache={}):
     counts from that call on."""
     import psutil
     me = proc_cache.get("me")
-    first = me is None
-    if first:
+    if me is None:
         me = proc_cache["me"] = psutil.Process()
     cpu, rss = 0.0, 0
     seen = {}
@@ -460,15 +459,13 @@ def process_stats(proc_cache={}):
     for proc in [me, *children]:
         try:
             known = me if proc is me else proc_cache.get(proc.pid)
-            new = first if proc is me else \
-                known is None or known.create_time() != proc.create_time()
-            if new:
+            if known is None or known.create_time() != proc.create_time():
                 known = proc
             with known.oneshot():
-                # A new process's first call only starts its measurement: asked twice in a
-                # row, psutil divides a 10 ms clock tick by microseconds (thousands of %).
-                percent = known.cpu_percent(None)
-                cpu += 0.0 if new else percent
+                # A Process object's first call only starts its measurement and says 0 %.
+                # (Priming it with a call just before asked twice in a row: psutil then
+                # divided a 10 ms clock tick by microseconds, thousands of %.)
+                cpu += known.cpu_percent(None)
                 rss += known.memory_info().rss
         except psutil.Error:
             continue                      # exited meanwhile
