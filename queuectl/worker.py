@@ -104,6 +104,11 @@ class Worker(Intake, SpoolOutage):
             signal.signal(signum, self._on_signal)
         signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
 
+    def _wake_sources(self):
+        """What wakes the worker: its self-pipe (signals, our own notes) and, while inotify
+        works, the watch."""
+        return [self.wakeup, self.watch] if self.watch is not None else [self.wakeup]
+
     def _housekeeping(self, now):
         self._events(now)
         if now >= self.next_scan:
@@ -344,8 +349,7 @@ class Worker(Intake, SpoolOutage):
             return None, min(limits)
 
         first_check = min(cancel_at, flush_at) - running.started
-        running.wait(timeout, [self.wakeup] + ([self.watch] if self.watch else []), check,
-                     first_check)
+        running.wait(timeout, self._wake_sources(), check, first_check)
         return lost[0] if lost else None
 
     def _shutdown_timeout(self):
@@ -456,8 +460,7 @@ class Worker(Intake, SpoolOutage):
                 if self.stopping:
                     break
                 self._flush()           # idle: the index catches up before we sleep
-                select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
-                              self._idle_timeout(self.clock()))
+                select.select(self._wake_sources(), [], [], self._idle_timeout(self.clock()))
         finally:
             if self.watch is not None:
                 self.watch.stop()

@@ -113,8 +113,7 @@ class Intake:
 
     def _events(self, now):
         # One look at both fds (most turns while jobs run back to back find nothing).
-        ready = select.select([self.wakeup] + ([self.watch] if self.watch else []), [], [],
-                              0)[0]
+        ready = select.select(self._wake_sources(), [], [], 0)[0]
         if not ready and not self.wakeup.pending():
             return
         if self.watch is not None and self.watch in ready:
