@@ -405,14 +405,14 @@ def _distance(a, b):
     return rows[-1][-1]
 
 
-_NEVER_TYPOS = frozenset((*KNOWN_FIELDS, *IGNORED_FIELDS, *NOT_TYPOS))
+_NEVER_TYPOS = frozenset((*KNOWN_FIELDS, *IGNORED_FIELDS, *NOT_TYPOS))   # keys taken as they are
 
 
 def misspelled(key):
     """The known field an unknown key is most likely a typo of, or None. Unknown keys stay
     allowed (other tools' metadata); only keys of 4 or more characters within 1 edit of a
     field (2 from 6 characters, 3 from 8) or listed in FIELD_HINTS are taken for mistakes."""
-    if key in KNOWN_FIELDS or key in IGNORED_FIELDS or key in NOT_TYPOS:
+    if key in _NEVER_TYPOS:
         return None
     if key in FIELD_HINTS:
         return FIELD_HINTS[key]
@@ -441,6 +441,7 @@ def validate(job, stem=None):
         else:
             if stem is not None and job_id != stem:
                 problems.append(f"id {job_id!r} does not match the file name {stem + JOB_SUFFIX!r}")
+    # Known keys (most keys of most jobs) skip the call: misspelled() returns None for them.
     problems.extend(filter(None, (misspelled(key) for key in job
                                   if key not in _NEVER_TYPOS and isinstance(key, str))))
     _check_command(job, problems)
